@@ -1,0 +1,246 @@
+//! Every setting of `warden serve`: a flag and a `WARDEN_*` environment variable each, with
+//! the defaults of DESIGN.md.
+//!
+//! Values are checked twice: clap rejects what does not parse (a duration like `5s`, a size
+//! like `2GiB`, an address), and [`Config::validate`] rejects combinations that parse but make
+//! no sense. Either way `warden` exits with code 2 and one line naming the setting.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::clock::Clock;
+
+/// The settings of one `warden serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address of the hash service (`/hash`, `/stats`, `/shutdown`).
+    #[arg(long, env = "WARDEN_HASHES_ADDR", default_value = "127.0.0.1:8080")]
+    pub hashes_addr: SocketAddr,
+
+    /// Address of the discovery registry.
+    #[arg(long, env = "WARDEN_REGISTRY_ADDR", default_value = "127.0.0.1:8081")]
+    pub registry_addr: SocketAddr,
+
+    /// Address of the job runner.
+    #[arg(long, env = "WARDEN_JOBS_ADDR", default_value = "127.0.0.1:8443")]
+    pub jobs_addr: SocketAddr,
+
+    /// Address of the admin listener (`/healthz`, `/shutdown`).
+    #[arg(long, env = "WARDEN_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+
+    /// Directory of the database (`warden.db`), its lock, logs and keys.
+    #[arg(long, env = "WARDEN_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// How long after `POST /hash` the hash becomes readable.
+    #[arg(long, env = "WARDEN_HASH_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub hash_delay: Duration,
+
+    /// How long a registry instance lives after its last heartbeat.
+    #[arg(long, env = "WARDEN_INSTANCE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub instance_ttl: Duration,
+
+    /// How often expired registry instances are deleted.
+    #[arg(long, env = "WARDEN_PURGE_EVERY", default_value = "5s", value_parser = parse_duration)]
+    pub purge_every: Duration,
+
+    /// How many jobs run at once [default: the number of CPUs].
+    #[arg(long, env = "WARDEN_JOB_WORKERS")]
+    pub job_workers: Option<NonZeroUsize>,
+
+    /// How long a stopped job gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "WARDEN_JOB_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub job_stop_grace: Duration,
+
+    /// How much output is kept per job (e.g. `64MiB`, `2GiB`).
+    #[arg(long, env = "WARDEN_JOB_OUTPUT_LIMIT", default_value = "2GiB", value_parser = parse_size)]
+    pub job_output_limit: u64,
+
+    /// TLS on the jobs listener; `off` serves plain HTTP and needs a loopback address.
+    #[arg(long, env = "WARDEN_JOBS_TLS", default_value = "on")]
+    pub jobs_tls: JobsTls,
+
+    /// Server certificate (PEM) of the jobs listener [default: the dev PKI in the data dir].
+    #[arg(long, env = "WARDEN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Server key (PEM) of the jobs listener [default: the dev PKI in the data dir].
+    #[arg(long, env = "WARDEN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that client certificates must be signed by [default: the dev PKI's CA].
+    #[arg(long, env = "WARDEN_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
+    /// SQLite durability: `full` survives power loss, `normal` only a crash of warden.
+    #[arg(long, env = "WARDEN_SYNC", default_value = "full")]
+    pub sync: SyncMode,
+
+    /// How long shutdown waits for in-flight work before giving up on it.
+    #[arg(long, env = "WARDEN_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log line format on stderr and in the log file.
+    #[arg(long, env = "WARDEN_LOG_FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Do not serve the hash service.
+    #[arg(long, env = "WARDEN_NO_HASHES")]
+    pub no_hashes: bool,
+
+    /// Do not serve the discovery registry.
+    #[arg(long, env = "WARDEN_NO_REGISTRY")]
+    pub no_registry: bool,
+
+    /// Do not serve the job runner.
+    #[arg(long, env = "WARDEN_NO_JOBS")]
+    pub no_jobs: bool,
+
+    /// Where "now" comes from; tests drive a manual clock.
+    #[arg(skip)]
+    pub clock: Clock,
+}
+
+/// Whether the jobs listener speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobsTls {
+    On,
+    Off,
+}
+
+/// SQLite's `synchronous` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// fsync on every commit: nothing acknowledged is lost even on power loss.
+    Full,
+    /// fsync at checkpoints: a crash of warden loses nothing, a power loss may.
+    Normal,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Parses only the serve settings, for tests and tools that build a [`Config`] by hand.
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct ConfigOnly {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// Builds a config from serve flags (and `WARDEN_*` variables), defaults for the rest.
+    pub fn from_flags<I, S>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        ConfigOnly::try_parse_from(flags).map(|parsed| parsed.config)
+    }
+
+    /// Rejects settings that parse but cannot work; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.instance_ttl.is_zero() {
+            return Err("invalid --instance-ttl (WARDEN_INSTANCE_TTL): must be more than 0".into());
+        }
+        if self.purge_every.is_zero() {
+            return Err("invalid --purge-every (WARDEN_PURGE_EVERY): must be more than 0".into());
+        }
+        if self.job_output_limit == 0 {
+            return Err(
+                "invalid --job-output-limit (WARDEN_JOB_OUTPUT_LIMIT): must be more than 0".into(),
+            );
+        }
+        if self.jobs_tls == JobsTls::Off && !self.no_jobs && !self.jobs_addr.ip().is_loopback() {
+            return Err(format!(
+                "invalid --jobs-tls (WARDEN_JOBS_TLS): 'off' serves plain HTTP and is only \
+                 allowed on a loopback --jobs-addr, not {}",
+                self.jobs_addr
+            ));
+        }
+        let tls_files = [&self.tls_cert, &self.tls_key].map(Option::is_some);
+        if tls_files[0] != tls_files[1] {
+            return Err("invalid --tls-cert/--tls-key: give both or neither".into());
+        }
+        Ok(())
+    }
+
+    /// The database file inside the data directory.
+    pub fn database_path(&self) -> PathBuf {
+        database_path(&self.data_dir)
+    }
+
+    /// How many jobs run at once.
+    pub fn job_workers(&self) -> usize {
+        self.job_workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            NonZeroUsize::get,
+        )
+    }
+}
+
+/// `warden.db` inside `data_dir`.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("warden.db")
+}
+
+/// A human duration: `5s`, `250ms`, `1m 30s`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value)
+        .map_err(|error| format!("{error} (expected a duration like 5s or 250ms)"))
+}
+
+/// A byte size: `1024`, `64MiB`, `2GiB`, `1.5 GB`.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| "expected a size like 64MiB or 2GiB".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = Config::from_flags(Vec::<String>::new()).unwrap();
+        assert_eq!(config.hashes_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.admin_addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.hash_delay, Duration::from_secs(5));
+        assert_eq!(config.instance_ttl, Duration::from_secs(30));
+        assert_eq!(config.job_output_limit, 2 << 30);
+        assert_eq!(config.sync, SyncMode::Full);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn durations_and_sizes_read_like_a_person_writes_them() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn plain_jobs_listener_is_refused_off_loopback() {
+        let config =
+            Config::from_flags(["--jobs-tls", "off", "--jobs-addr", "0.0.0.0:8443"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--jobs-tls"));
+        let config = Config::from_flags(["--jobs-tls", "off"]).unwrap();
+        assert!(config.validate().is_ok());
+    }
+}

@@ -1,0 +1,190 @@
+//! The one error type HTTP handlers return, and the JSON shape every error takes.
+//!
+//! Clients see `{"error": "<message>"}` with the right status. A client error says what was
+//! wrong with the request; a server error says only what kind of fault it was: its detail
+//! goes to the log, never to the client.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, HttpBody};
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a handler can answer with instead of success.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: the request is malformed; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 403: the caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404, with `Retry-After` when the thing will exist later.
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// 413: the body is over the route's limit.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 415: the body's content type is not one the route reads.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 503: warden is shutting down and takes no new work.
+    #[error("warden is shutting down and accepts no new work")]
+    Draining,
+    /// The database could not do what was asked.
+    #[error(transparent)]
+    Storage(#[from] StorageFault),
+    /// 500: a bug or an unexpected fault; the detail is logged, not sent.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// 404 for something that does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Storage(fault) => fault.status(),
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::NotFound { retry_after, .. } => *retry_after,
+            Self::Storage(StorageFault::Busy) => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        let fault = StorageFault::of(&error);
+        tracing::error!(%error, "database error");
+        Self::Storage(fault)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            Self::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                "internal server error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = (status, Json(ErrorBody { error: &message })).into_response();
+        if let Some(after) = self.retry_after() {
+            // Retry-After is in whole seconds; round up so a client never comes back early.
+            let seconds = after.as_millis().div_ceil(1000).max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// A database fault, classified for the client; the writer shares one with a whole batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StorageFault {
+    /// Another process held the database lock past the busy timeout (503, retry).
+    #[error("the database is busy; try again")]
+    Busy,
+    /// The disk holding the database is full (507).
+    #[error("the disk holding the database is full")]
+    Full,
+    /// The write path has stopped because warden is shutting down (503).
+    #[error("warden is shutting down and accepts no new work")]
+    Stopped,
+    /// Any other database failure (500).
+    #[error("the database failed; nothing was changed")]
+    Failed,
+}
+
+impl StorageFault {
+    /// Classifies an sqlx error by SQLite's primary result code.
+    pub fn of(error: &sqlx::Error) -> Self {
+        const SQLITE_BUSY: i64 = 5;
+        const SQLITE_LOCKED: i64 = 6;
+        const SQLITE_FULL: i64 = 13;
+        match error {
+            sqlx::Error::PoolTimedOut => Self::Busy,
+            sqlx::Error::PoolClosed => Self::Stopped,
+            sqlx::Error::Database(db) => {
+                let code = db.code().and_then(|code| code.parse::<i64>().ok());
+                // Extended result codes keep the primary code in the low byte.
+                match code.map(|code| code & 0xff) {
+                    Some(SQLITE_BUSY | SQLITE_LOCKED) => Self::Busy,
+                    Some(SQLITE_FULL) => Self::Full,
+                    _ => Self::Failed,
+                }
+            }
+            _ => Self::Failed,
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Self::Busy | Self::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Full => StatusCode::INSUFFICIENT_STORAGE,
+            Self::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+/// Middleware: gives the JSON error shape to error responses that axum itself produced with
+/// an empty body (unknown path, 405 with its `Allow` header), keeping their headers.
+pub async fn fill_empty_error_bodies(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_empty = response.body().size_hint().exact() == Some(0);
+    if !(status.is_client_error() || status.is_server_error()) || !is_empty {
+        return response;
+    }
+    let message = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase();
+    let (mut parts, _) = response.into_parts();
+    let body = match serde_json::to_vec(&ErrorBody { error: &message }) {
+        Ok(body) => body,
+        Err(_) => return Response::from_parts(parts, Body::empty()),
+    };
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}

@@ -1,0 +1,165 @@
+//! The delayed password-hash service: `POST /hash`, `GET /hash/{id}`, `GET /stats`.
+//!
+//! The SHA-512 is computed when the request arrives and recorded with
+//! `ready_at_ms = now + delay`; `GET /hash/{id}` reveals it only from then on. So the delay is
+//! exact under any load and across restarts, and the password itself is never stored.
+//! A client gets its id only once the hash and the updated stats are committed together.
+
+mod input;
+mod store;
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Serialize;
+use sha2::{Digest, Sha512};
+use sqlx::SqlitePool;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{Clock, millis};
+use crate::db::{Database, Writer};
+use crate::error::{Error, Result};
+use store::{NewHash, RecordHashes};
+
+/// The hash service's state: its writer, the read pool, the clock and the delay.
+#[derive(Clone, Debug)]
+pub struct Hashes {
+    writer: Writer<RecordHashes>,
+    reads: SqlitePool,
+    clock: Clock,
+    delay: Duration,
+}
+
+impl Hashes {
+    /// Starts the service's writer (tracked by `tasks`) and returns its state.
+    pub fn start(db: &Database, tasks: &TaskTracker, clock: Clock, delay: Duration) -> Self {
+        Self {
+            writer: db.writer(RecordHashes, tasks),
+            reads: db.reads.clone(),
+            clock,
+            delay,
+        }
+    }
+}
+
+/// The service's routes.
+pub fn router(hashes: Hashes) -> Router {
+    Router::new()
+        .route("/hash", post(create_hash))
+        .route("/hash/{id}", get(read_hash))
+        .route("/stats", get(read_stats))
+        .layer(DefaultBodyLimit::max(input::BODY_LIMIT))
+        .with_state(hashes)
+}
+
+/// `POST /hash`: 200 with the new id as plain text, once the hash is committed.
+async fn create_hash(State(hashes): State<Hashes>, request: Request) -> Result<Response> {
+    // The handling time starts before the body is read: reading it is part of the work.
+    let arrived = Instant::now();
+    let password = input::read_password(request).await?;
+    let sha512 = STANDARD.encode(Sha512::digest(password.as_bytes()));
+    drop(password);
+    let received_at_ms = hashes.clock.now_ms();
+    let id = hashes
+        .writer
+        .submit(NewHash {
+            sha512,
+            received_at_ms,
+            ready_at_ms: received_at_ms.saturating_add(millis(hashes.delay)),
+            arrived,
+        })
+        .await?;
+    let location = HeaderValue::from_str(&format!("/hash/{id}"))
+        .map_err(|error| Error::Internal(error.to_string()))?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN)),
+            (header::LOCATION, location),
+        ],
+        id.to_string(),
+    )
+        .into_response())
+}
+
+/// `GET /hash/{id}`: the base64 SHA-512 once ready; 404 with `Retry-After` until then.
+async fn read_hash(State(hashes): State<Hashes>, Path(id): Path<String>) -> Result<Response> {
+    let id = parse_id(&id)?;
+    let Some(hash) = (match id {
+        Some(id) => store::find(&hashes.reads, id).await?,
+        None => None,
+    }) else {
+        return Err(Error::not_found("no hash has that id"));
+    };
+    let wait_ms = hash.ready_at_ms.saturating_sub(hashes.clock.now_ms());
+    if wait_ms > 0 {
+        return Err(Error::NotFound {
+            message: "that hash is not ready yet".into(),
+            retry_after: Some(Duration::from_millis(wait_ms.unsigned_abs())),
+        });
+    }
+    Ok(([(header::CONTENT_TYPE, TEXT_PLAIN)], hash.sha512).into_response())
+}
+
+/// Parses a path id: 400 unless it is decimal digits; `None` for a number too large to exist.
+fn parse_id(id: &str) -> Result<Option<i64>> {
+    if id.is_empty() || !id.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(Error::BadRequest(
+            "hash id must be a positive decimal number".into(),
+        ));
+    }
+    Ok(id.parse::<i64>().ok())
+}
+
+/// The body of `GET /stats`.
+#[derive(Debug, Serialize)]
+struct Stats {
+    /// Accepted `POST /hash` requests since the database was created.
+    total: i64,
+    /// Their mean handling time in whole microseconds (0 when there were none).
+    average: i64,
+}
+
+/// `GET /stats`.
+async fn read_stats(State(hashes): State<Hashes>) -> Result<Json<Stats>> {
+    let totals = store::totals(&hashes.reads).await?;
+    let average = match totals.total {
+        0 => 0,
+        total => totals.handling_ns / total / 1_000,
+    };
+    Ok(Json(Stats {
+        total: totals.total,
+        average,
+    }))
+}
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_decimal_digits_only() {
+        assert_eq!(parse_id("42").unwrap(), Some(42));
+        assert_eq!(parse_id("99999999999999999999").unwrap(), None);
+        for bad in ["", "-1", "+1", "1.5", "abc", " 1", "0x10"] {
+            assert!(parse_id(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn the_contract_vector_hashes_as_documented() {
+        let hash = STANDARD.encode(Sha512::digest(b"angryMonkey"));
+        assert_eq!(
+            hash,
+            "ZEHhWB65gUlzdVwtDQArEyx+KVLzp/aTaRaPlBzYRIFj6vjFdqEb0Q5B8zVKCZ0vKbZPZklJz0Fd7su2A+gf7Q=="
+        );
+    }
+}

@@ -1,0 +1,340 @@
+//! The supervisor: builds every enabled service, binds one listener each, serves them, and
+//! runs the drain.
+//!
+//! [`App::build`] takes the data-directory lock, opens and migrates the database and binds
+//! every listener (port 0 works; [`App::hashes_addr`] reads the bound address back), so a
+//! test starts exactly what `warden serve` starts. [`App::run_until_stopped`] serves until the
+//! shutdown token is cancelled (SIGTERM, SIGINT or `/shutdown`), then drains in order:
+//! stop accepting, answer 503 to anything new, let in-flight requests and the writer queues
+//! finish, checkpoint the WAL, and last close the admin listener, which answers `draining`
+//! until then.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::admin::{self, Admin, ServiceBoard, ServiceState};
+use crate::config::Config;
+use crate::db::{DataDirLock, Database, LockError, lock_data_dir};
+use crate::error::{Error, fill_empty_error_bodies};
+use crate::hashes::{self, Hashes};
+
+/// How long the database gets to close after a drain that timed out.
+const CLOSE_AFTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why warden could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("cannot open the database {path}: {source}")]
+    Database {
+        path: std::path::PathBuf,
+        source: sqlx::Error,
+    },
+    #[error("cannot listen for {service} on {addr}: {source}")]
+    Bind {
+        service: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Why a run did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("in-flight work did not finish within the drain timeout of {0:?}; it was cut short")]
+    DrainTimedOut(Duration),
+}
+
+/// A service's router, bound to its listener but not yet serving.
+struct BoundService {
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+}
+
+/// A warden whose listeners are bound and whose database is open, ready to run.
+pub struct App {
+    _lock: DataDirLock,
+    config: Config,
+    db: Database,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    services: Vec<BoundService>,
+    admin: Admin,
+    admin_listener: TcpListener,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("data_dir", &self.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Locks the data directory, opens and migrates the database, starts each enabled
+    /// service's state and binds its listener. Nothing is served until
+    /// [`App::run_until_stopped`].
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let lock = lock_data_dir(&config.data_dir)?;
+        let db = Database::open(&config.data_dir, config.sync)
+            .await
+            .map_err(|source| StartError::Database {
+                path: config.database_path(),
+                source,
+            })?;
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let mut services = Vec::new();
+        if !config.no_hashes {
+            let state = Hashes::start(&db, &tasks, config.clock.clone(), config.hash_delay);
+            let router = hashes::router(state)
+                .layer(middleware::from_fn_with_state(
+                    shutdown.clone(),
+                    refuse_when_draining,
+                ))
+                .merge(admin::shutdown_router(shutdown.clone()));
+            services.push(BoundService {
+                name: "hashes",
+                listener: bind("hashes", config.hashes_addr).await?,
+                router: with_common_layers(router, "hashes"),
+            });
+        }
+
+        let admin = Admin {
+            started: Instant::now(),
+            services: ServiceBoard::default(),
+            shutdown: shutdown.clone(),
+        };
+        let admin_listener = bind("admin", config.admin_addr).await?;
+        Ok(Self {
+            _lock: lock,
+            config,
+            db,
+            shutdown,
+            tasks,
+            services,
+            admin,
+            admin_listener,
+        })
+    }
+
+    /// The bound address of the hash service, if it is enabled.
+    pub fn hashes_addr(&self) -> Option<SocketAddr> {
+        self.local_addr("hashes")
+    }
+
+    /// The bound address of the admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.admin_addr)
+    }
+
+    /// The token whose cancellation starts the drain; SIGTERM and `/shutdown` cancel it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.services
+            .iter()
+            .find(|service| service.name == name)
+            .and_then(|service| service.listener.local_addr().ok())
+    }
+
+    /// Serves every listener until the shutdown token is cancelled, then drains.
+    pub async fn run_until_stopped(self) -> Result<(), RunError> {
+        let Self {
+            _lock,
+            config,
+            db,
+            shutdown,
+            tasks,
+            services,
+            admin,
+            admin_listener,
+        } = self;
+
+        for BoundService {
+            name,
+            listener,
+            router,
+        } in services
+        {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(service = name, %addr, "listening");
+            }
+            admin.services.set(name, ServiceState::Up);
+            let board = admin.services.clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let served = serve_listener(listener, router, stop.clone().cancelled_owned()).await;
+                board.set(name, ServiceState::Down);
+                if let Err(error) = served {
+                    tracing::error!(service = name, %error, "listener failed; shutting down");
+                    stop.cancel();
+                }
+            });
+        }
+
+        if let Ok(addr) = admin_listener.local_addr() {
+            tracing::info!(service = "admin", %addr, "listening");
+        }
+        let admin_stop = CancellationToken::new();
+        let admin_router = with_common_layers(admin::router(admin), "admin");
+        let admin_server = tokio::spawn(serve_listener(
+            admin_listener,
+            admin_router,
+            admin_stop.clone().cancelled_owned(),
+        ));
+
+        shutdown.cancelled().await;
+        tracing::info!("draining: no new work; finishing in-flight requests and writes");
+        tasks.close();
+        let drained = tokio::time::timeout(config.drain_timeout, tasks.wait())
+            .await
+            .is_ok();
+        if drained {
+            db.close().await;
+        } else if tokio::time::timeout(CLOSE_AFTER_TIMEOUT, db.close())
+            .await
+            .is_err()
+        {
+            tracing::error!("the database did not close after the drain timed out");
+        }
+        admin_stop.cancel();
+        if let Ok(Err(error)) = admin_server.await {
+            tracing::error!(%error, "admin listener failed");
+        }
+        if drained {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        } else {
+            Err(RunError::DrainTimedOut(config.drain_timeout))
+        }
+    }
+}
+
+/// Builds and runs warden as `warden serve` does: SIGTERM and SIGINT start the drain.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let app = App::build(config).await?;
+    tokio::spawn(drain_on_signal(app.shutdown_token()));
+    Ok(app.run_until_stopped().await?)
+}
+
+/// Why `warden serve` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Cancels `shutdown` on every SIGTERM or SIGINT; repeats are logged and otherwise harmless.
+async fn drain_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => Some(terminate),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT will stop warden");
+            None
+        }
+    };
+    loop {
+        let name = tokio::select! {
+            Some(()) = async { terminate.as_mut()?.recv().await } => "SIGTERM",
+            Ok(()) = tokio::signal::ctrl_c() => "SIGINT",
+        };
+        if shutdown.is_cancelled() {
+            tracing::info!(signal = name, "already draining; the drain timeout still applies");
+        } else {
+            tracing::info!(signal = name, "signal received");
+            shutdown.cancel();
+        }
+    }
+}
+
+async fn bind(service: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            service,
+            addr,
+            source,
+        })
+}
+
+async fn serve_listener(
+    listener: TcpListener,
+    router: Router,
+    stop: tokio_util::sync::WaitForCancellationFutureOwned,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
+}
+
+/// The layers every listener shares: the JSON error shape for axum's own errors, and a
+/// request span with service, method, matched route, status and latency. The span never
+/// carries the URI's query or any header or body, so no secret can reach a log through it.
+fn with_common_layers(router: Router, service: &'static str) -> Router {
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(move |request: &Request| {
+            let route = request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("(unmatched)", MatchedPath::as_str);
+            tracing::info_span!(
+                "request",
+                service,
+                method = %request.method(),
+                route,
+                status = tracing::field::Empty,
+                latency_us = tracing::field::Empty,
+            )
+        })
+        .on_request(())
+        .on_response(|response: &Response, latency: Duration, span: &Span| {
+            span.record("status", response.status().as_u16());
+            span.record("latency_us", latency.as_micros());
+            tracing::debug!("response");
+        });
+    router
+        .layer(middleware::from_fn(fill_empty_error_bodies))
+        .layer(trace)
+}
+
+/// Answers 503 to requests that arrive once the drain has begun, and closes the connection.
+async fn refuse_when_draining(
+    State(shutdown): State<CancellationToken>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if shutdown.is_cancelled() {
+        let mut response = Error::Draining.into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(request).await
+}
