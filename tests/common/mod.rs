@@ -1,0 +1,234 @@
+//! Test harness: the real supervisor on port 0 with a temp data dir and a manual clock, and a
+//! way to run the real `warden` binary.
+#![allow(dead_code)] // each test crate uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use warden::clock::Clock;
+use warden::config::Config;
+use warden::supervisor::{App, RunError};
+
+/// Where the manual clock starts: an arbitrary fixed instant (2026-01-01T00:00:00Z).
+pub const START_MS: i64 = 1_767_225_600_000;
+
+/// The contract's vector: SHA-512 of `angryMonkey`, base64.
+pub const ANGRY_MONKEY: &str =
+    "ZEHhWB65gUlzdVwtDQArEyx+KVLzp/aTaRaPlBzYRIFj6vjFdqEb0Q5B8zVKCZ0vKbZPZklJz0Fd7su2A+gf7Q==";
+
+/// Flags that put every listener on an ephemeral loopback port.
+pub fn port_zero_flags(data_dir: &Path) -> Vec<String> {
+    [
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--hashes-addr",
+        "127.0.0.1:0",
+        "--registry-addr",
+        "127.0.0.1:0",
+        "--jobs-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// A warden served in-process by the real supervisor.
+pub struct TestApp {
+    pub dir: TempDir,
+    pub clock: Clock,
+    pub hashes: String,
+    pub admin: String,
+    pub hashes_addr: SocketAddr,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    running: JoinHandle<Result<(), RunError>>,
+}
+
+impl TestApp {
+    /// A fresh warden on a new temp data dir, with a manual clock at [`START_MS`].
+    pub async fn spawn() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::spawn_in(dir, Clock::manual(START_MS), &[]).await
+    }
+
+    /// A warden on `dir` (e.g. one a stopped app left behind), with extra serve flags.
+    pub async fn spawn_in(dir: TempDir, clock: Clock, extra_flags: &[&str]) -> Self {
+        let mut flags = port_zero_flags(dir.path());
+        flags.extend(extra_flags.iter().map(|flag| (*flag).to_owned()));
+        let mut config = Config::from_flags(flags).expect("test flags parse");
+        config.validate().expect("test config is valid");
+        config.clock = clock.clone();
+        let app = App::build(config).await.expect("warden builds");
+        let hashes_addr = app.hashes_addr().expect("hashes is enabled");
+        let admin_addr = app.admin_addr();
+        let shutdown = app.shutdown_token();
+        let running = tokio::spawn(app.run_until_stopped());
+        Self {
+            dir,
+            clock,
+            hashes: format!("http://{hashes_addr}"),
+            admin: format!("http://{admin_addr}"),
+            hashes_addr,
+            client: reqwest::Client::new(),
+            shutdown,
+            running,
+        }
+    }
+
+    /// Starts the drain and waits for the run to end; hands back the data dir for a restart.
+    pub async fn stop(self) -> (TempDir, Clock) {
+        self.shutdown.cancel();
+        self.running
+            .await
+            .expect("run task did not panic")
+            .expect("drained cleanly");
+        (self.dir, self.clock)
+    }
+
+    /// Waits for a run that something else (e.g. `/shutdown`) stopped.
+    pub async fn wait_stopped(self) -> Result<(), RunError> {
+        tokio::time::timeout(Duration::from_secs(30), self.running)
+            .await
+            .expect("warden stopped within 30 s")
+            .expect("run task did not panic")
+    }
+
+    /// `POST /hash` with a urlencoded `password`.
+    pub async fn post_password(&self, password: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/hash", self.hashes))
+            .form(&[("password", password)])
+            .send()
+            .await
+            .expect("POST /hash answered")
+    }
+
+    /// `POST /hash` expecting success; returns the id.
+    pub async fn create_hash(&self, password: &str) -> i64 {
+        let response = self.post_password(password).await;
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap().parse().expect("a decimal id")
+    }
+
+    /// `GET /hash/{id}`.
+    pub async fn get_hash(&self, id: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/hash/{id}", self.hashes))
+            .send()
+            .await
+            .expect("GET /hash answered")
+    }
+
+    /// `GET /stats` as (total, average).
+    pub async fn stats(&self) -> (i64, i64) {
+        let stats: serde_json::Value = self
+            .client
+            .get(format!("{}/stats", self.hashes))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            stats["total"].as_i64().unwrap(),
+            stats["average"].as_i64().unwrap(),
+        )
+    }
+}
+
+/// The `warden` binary this test run built.
+pub fn warden_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_warden"))
+}
+
+/// A `warden serve` child process on port 0, its addresses read from its JSON log.
+pub struct WardenProcess {
+    pub child: Child,
+    pub hashes: String,
+    pub admin: String,
+    /// Every stderr line so far, kept by a background reader so the pipe never fills.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl WardenProcess {
+    /// Starts `warden serve` on `data_dir` with `extra` flags and waits until it listens.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(warden_binary())
+            .arg("serve")
+            .args(port_zero_flags(data_dir))
+            .args(["--log-format", "json"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("warden starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+        let (mut hashes, mut admin) = (None, None);
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let read = async {
+            while hashes.is_none() || admin.is_none() {
+                let line = lines.next_line().await.unwrap().expect("warden exited early");
+                log.lock().unwrap().push(line.clone());
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if event["message"] == "listening" {
+                    let url = format!("http://{}", event["addr"].as_str().unwrap());
+                    match event["service"].as_str() {
+                        Some("hashes") => hashes = Some(url),
+                        Some("admin") => admin = Some(url),
+                        _ => {}
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("warden listened within 30 s");
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            hashes: hashes.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") to the process.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("warden exited within 30 s")
+            .unwrap()
+            .code()
+    }
+}

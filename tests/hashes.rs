@@ -1,0 +1,275 @@
+//! The hash service's contract over real HTTP: ids, the delay, stats, and every bad input.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{ANGRY_MONKEY, TestApp};
+use reqwest::header;
+
+#[tokio::test]
+async fn a_hash_is_hidden_for_five_seconds_then_matches_the_contract_vector() {
+    let app = TestApp::spawn().await;
+
+    let response = app.post_password("angryMonkey").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()[header::LOCATION], "/hash/1");
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(response.text().await.unwrap(), "1");
+
+    let pending = app.get_hash("1").await;
+    assert_eq!(pending.status(), 404);
+    assert_eq!(pending.headers()[header::RETRY_AFTER], "5");
+
+    app.clock.advance(Duration::from_millis(4_001));
+    let almost = app.get_hash("1").await;
+    assert_eq!(almost.status(), 404);
+    assert_eq!(almost.headers()[header::RETRY_AFTER], "1");
+
+    app.clock.advance(Duration::from_millis(998));
+    assert_eq!(app.get_hash("1").await.status(), 404, "1 ms early");
+
+    app.clock.advance(Duration::from_millis(1));
+    let ready = app.get_hash("1").await;
+    assert_eq!(ready.status(), 200);
+    assert!(
+        ready.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(ready.text().await.unwrap(), ANGRY_MONKEY);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ids_count_up_from_one_in_request_order() {
+    let app = TestApp::spawn().await;
+    for expected in 1..=5 {
+        assert_eq!(app.create_hash(&format!("password {expected}")).await, expected);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn json_and_multipart_bodies_are_read_like_a_form() {
+    let app = TestApp::spawn().await;
+    let json = app
+        .client
+        .post(format!("{}/hash", app.hashes))
+        .json(&serde_json::json!({ "password": "angryMonkey" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 200);
+    assert_eq!(json.text().await.unwrap(), "1");
+
+    let form = reqwest::multipart::Form::new()
+        .text("user", "ignored")
+        .text("password", "angryMonkey");
+    let multipart = app
+        .client
+        .post(format!("{}/hash", app.hashes))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(multipart.status(), 200);
+    assert_eq!(multipart.text().await.unwrap(), "2");
+
+    app.clock.advance(Duration::from_secs(5));
+    for id in ["1", "2"] {
+        assert_eq!(app.get_hash(id).await.text().await.unwrap(), ANGRY_MONKEY);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn stats_count_accepted_requests_and_their_mean_time() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.stats().await, (0, 0));
+    for _ in 0..3 {
+        app.create_hash("angryMonkey").await;
+    }
+    let _rejected = app.post_password("").await;
+    let (total, average) = app.stats().await;
+    assert_eq!(total, 3, "only accepted requests count");
+    // Reading the body, hashing and writing the row take real, measurable time.
+    assert!(average > 0, "mean handling time is {average} µs");
+    assert!(average < 5_000_000, "mean handling time is {average} µs");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn three_hundred_concurrent_posts_get_three_hundred_distinct_ids() {
+    let app = TestApp::spawn().await;
+    let posts = (0..300).map(|n| {
+        let client = app.client.clone();
+        let url = format!("{}/hash", app.hashes);
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .form(&[("password", format!("secret {n}"))])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap().parse::<i64>().unwrap()
+        })
+    });
+    let mut ids = BTreeSet::new();
+    for post in posts.collect::<Vec<_>>() {
+        ids.insert(post.await.unwrap());
+    }
+    assert_eq!(ids, (1..=300).collect::<BTreeSet<_>>());
+    assert_eq!(app.stats().await.0, 300);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_or_empty_password_is_400_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let url = format!("{}/hash", app.hashes);
+    let bodies: [(&str, &str); 7] = [
+        ("application/x-www-form-urlencoded", ""),
+        ("application/x-www-form-urlencoded", "password="),
+        ("application/x-www-form-urlencoded", "user=bob"),
+        ("application/json", "{}"),
+        ("application/json", r#"{"password":""}"#),
+        ("application/json", r#"{"password":12345}"#),
+        ("application/json", "not json"),
+    ];
+    for (content_type, body) in bodies {
+        let response = app
+            .client
+            .post(&url)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{content_type} {body:?}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        let message = error["error"].as_str().unwrap();
+        assert!(!message.contains("12345"), "the error echoes the input: {message}");
+    }
+    assert_eq!(app.stats().await, (0, 0));
+    assert_eq!(app.create_hash("angryMonkey").await, 1, "no id was used up");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ids_that_are_not_numbers_are_400_and_unknown_ones_404() {
+    let app = TestApp::spawn().await;
+    for bad in ["abc", "-1", "1.5", "0x1"] {
+        let response = app.get_hash(bad).await;
+        assert_eq!(response.status(), 400, "{bad}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert!(error["error"].is_string());
+    }
+    for unknown in ["1", "0", "99999999999999999999999"] {
+        let response = app.get_hash(unknown).await;
+        assert_eq!(response.status(), 404, "{unknown}");
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_405_with_allow_and_a_json_error() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        (reqwest::Method::GET, "/hash", "POST"),
+        (reqwest::Method::DELETE, "/hash/1", "GET,HEAD"),
+        (reqwest::Method::POST, "/stats", "GET,HEAD"),
+    ];
+    for (method, path, allow) in cases {
+        let response = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.hashes))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(response.headers()[header::ALLOW], allow);
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["error"], "method not allowed");
+    }
+    let unknown = app.client.get(format!("{}/nope", app.hashes)).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.json::<serde_json::Value>().await.unwrap()["error"], "not found");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413_and_an_unknown_type_415() {
+    let app = TestApp::spawn().await;
+    let url = format!("{}/hash", app.hashes);
+    let huge = format!("password={}", "x".repeat(64 * 1024));
+    let too_large = app
+        .client
+        .post(&url)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(huge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_large.status(), 413);
+    assert!(too_large.json::<serde_json::Value>().await.unwrap()["error"].is_string());
+
+    let form = reqwest::multipart::Form::new().text("password", huge);
+    let multipart = app.client.post(&url).multipart(form).send().await.unwrap();
+    assert_eq!(multipart.status(), 413);
+
+    let xml = app
+        .client
+        .post(&url)
+        .header(header::CONTENT_TYPE, "text/xml")
+        .body("<password>x</password>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xml.status(), 415);
+    assert_eq!(app.stats().await, (0, 0));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hashes_ids_and_stats_survive_a_restart() {
+    let app = TestApp::spawn().await;
+    for n in 1..=3 {
+        app.create_hash(&format!("before restart {n}")).await;
+    }
+    app.create_hash("angryMonkey").await;
+    let stats_before = app.stats().await;
+    let (dir, clock) = app.stop().await;
+
+    let app = TestApp::spawn_in(dir, clock, &[]).await;
+    assert_eq!(app.stats().await, stats_before);
+    app.clock.advance(Duration::from_secs(5));
+    assert_eq!(app.get_hash("4").await.text().await.unwrap(), ANGRY_MONKEY);
+    assert_eq!(app.create_hash("after restart").await, 5);
+    assert_eq!(app.stats().await.0, 5);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_delay_is_a_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = warden::clock::Clock::manual(common::START_MS);
+    let app = TestApp::spawn_in(dir, clock, &["--hash-delay", "250ms"]).await;
+    let id = app.create_hash("angryMonkey").await;
+    app.clock.advance(Duration::from_millis(249));
+    let pending = app.get_hash(&id.to_string()).await;
+    assert_eq!(pending.status(), 404);
+    assert_eq!(pending.headers()[header::RETRY_AFTER], "1", "rounded up to whole seconds");
+    app.clock.advance(Duration::from_millis(1));
+    assert_eq!(app.get_hash(&id.to_string()).await.status(), 200);
+    app.stop().await;
+}
