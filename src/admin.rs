@@ -41,7 +41,10 @@ impl ServiceBoard {
     }
 
     fn snapshot(&self) -> BTreeMap<&'static str, ServiceState> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -11,9 +11,9 @@ use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
-use tracing_subscriber::{EnvFilter, fmt};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{Config, LogFormat, SyncMode};
 use crate::db::{Database, lock_data_dir};
@@ -149,7 +149,12 @@ fn init_logging(data_dir: &Path, format: LogFormat) -> Result<WorkerGuard, Strin
             .with(fmt::layer().with_ansi(false).with_writer(file))
             .try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
             .with(fmt::layer().json().flatten_event(true).with_writer(file))
             .try_init(),
     };

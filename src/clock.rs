@@ -30,7 +30,7 @@ impl Clock {
             Self::System => SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 // A clock set before 1970 is treated as the epoch rather than a crash.
-                .map_or(0, |since| millis(since)),
+                .map_or(0, millis),
             Self::Manual(now) => now.load(Ordering::SeqCst),
         }
     }

@@ -12,11 +12,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
-    SqliteSynchronous,
-};
 use sqlx::SqlitePool;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
@@ -213,7 +212,9 @@ pub struct DataDirLock {
 /// Why a data directory could not be locked.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another warden process is already using data directory {0} (it holds {0}/warden.lock)")]
+    #[error(
+        "another warden process is already using data directory {0} (it holds {0}/warden.lock)"
+    )]
     Held(PathBuf),
     #[error("cannot use data directory {path}: {source}")]
     Io {

@@ -262,7 +262,10 @@ async fn drain_on_signal(shutdown: CancellationToken) {
             Ok(()) = tokio::signal::ctrl_c() => "SIGINT",
         };
         if shutdown.is_cancelled() {
-            tracing::info!(signal = name, "already draining; the drain timeout still applies");
+            tracing::info!(
+                signal = name,
+                "already draining; the drain timeout still applies"
+            );
         } else {
             tracing::info!(signal = name, "signal received");
             shutdown.cancel();

@@ -1,4 +1,5 @@
 //! The hash service's contract over real HTTP: ids, the delay, stats, and every bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 
 mod common;
 
@@ -52,7 +53,10 @@ async fn a_hash_is_hidden_for_five_seconds_then_matches_the_contract_vector() {
 async fn ids_count_up_from_one_in_request_order() {
     let app = TestApp::spawn().await;
     for expected in 1..=5 {
-        assert_eq!(app.create_hash(&format!("password {expected}")).await, expected);
+        assert_eq!(
+            app.create_hash(&format!("password {expected}")).await,
+            expected
+        );
     }
     app.stop().await;
 }
@@ -157,7 +161,10 @@ async fn a_missing_or_empty_password_is_400_and_changes_nothing() {
         assert_eq!(response.status(), 400, "{content_type} {body:?}");
         let error: serde_json::Value = response.json().await.unwrap();
         let message = error["error"].as_str().unwrap();
-        assert!(!message.contains("12345"), "the error echoes the input: {message}");
+        assert!(
+            !message.contains("12345"),
+            "the error echoes the input: {message}"
+        );
     }
     assert_eq!(app.stats().await, (0, 0));
     assert_eq!(app.create_hash("angryMonkey").await, 1, "no id was used up");
@@ -201,9 +208,17 @@ async fn a_wrong_method_is_405_with_allow_and_a_json_error() {
         let error: serde_json::Value = response.json().await.unwrap();
         assert_eq!(error["error"], "method not allowed");
     }
-    let unknown = app.client.get(format!("{}/nope", app.hashes)).send().await.unwrap();
+    let unknown = app
+        .client
+        .get(format!("{}/nope", app.hashes))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
-    assert_eq!(unknown.json::<serde_json::Value>().await.unwrap()["error"], "not found");
+    assert_eq!(
+        unknown.json::<serde_json::Value>().await.unwrap()["error"],
+        "not found"
+    );
     app.stop().await;
 }
 
@@ -268,7 +283,11 @@ async fn the_delay_is_a_setting() {
     app.clock.advance(Duration::from_millis(249));
     let pending = app.get_hash(&id.to_string()).await;
     assert_eq!(pending.status(), 404);
-    assert_eq!(pending.headers()[header::RETRY_AFTER], "1", "rounded up to whole seconds");
+    assert_eq!(
+        pending.headers()[header::RETRY_AFTER],
+        "1",
+        "rounded up to whole seconds"
+    );
     app.clock.advance(Duration::from_millis(1));
     assert_eq!(app.get_hash(&id.to_string()).await.status(), 200);
     app.stop().await;

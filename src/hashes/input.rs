@@ -34,7 +34,14 @@ pub async fn read_password(request: Request) -> Result<Password> {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     let password = match content_type.as_deref() {
         // curl -d and HTML forms send this; a body without a type is read the same way.
         None | Some("application/x-www-form-urlencoded") => {

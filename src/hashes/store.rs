@@ -37,8 +37,8 @@ impl Batch for RecordHashes {
             .iter()
             .map(|new| (new.sha512.as_str(), new.received_at_ms, new.ready_at_ms))
             .collect();
-        let rows = serde_json::to_string(&rows)
-            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        let rows =
+            serde_json::to_string(&rows).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
         // One statement for the whole batch: row `key` of the JSON array gets id total+1+key.
         sqlx::query!(
             r#"INSERT INTO hashes (id, sha512, received_at_ms, ready_at_ms)

@@ -1,6 +1,7 @@
 //! Test harness: the real supervisor on port 0 with a temp data dir and a manual clock, and a
 //! way to run the real `warden` binary.
 #![allow(dead_code)] // each test crate uses a different part of the harness
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -94,12 +95,14 @@ impl TestApp {
         (self.dir, self.clock)
     }
 
-    /// Waits for a run that something else (e.g. `/shutdown`) stopped.
-    pub async fn wait_stopped(self) -> Result<(), RunError> {
-        tokio::time::timeout(Duration::from_secs(30), self.running)
+    /// Waits for a run that something else (e.g. `/shutdown`) stopped; hands back how it
+    /// ended and the data dir.
+    pub async fn wait_stopped(self) -> (Result<(), RunError>, TempDir, Clock) {
+        let ended = tokio::time::timeout(Duration::from_secs(30), self.running)
             .await
             .expect("warden stopped within 30 s")
-            .expect("run task did not panic")
+            .expect("run task did not panic");
+        (ended, self.dir, self.clock)
     }
 
     /// `POST /hash` with a urlencoded `password`.
@@ -116,7 +119,12 @@ impl TestApp {
     pub async fn create_hash(&self, password: &str) -> i64 {
         let response = self.post_password(password).await;
         assert_eq!(response.status(), 200);
-        response.text().await.unwrap().parse().expect("a decimal id")
+        response
+            .text()
+            .await
+            .unwrap()
+            .parse()
+            .expect("a decimal id")
     }
 
     /// `GET /hash/{id}`.
@@ -180,7 +188,11 @@ impl WardenProcess {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let read = async {
             while hashes.is_none() || admin.is_none() {
-                let line = lines.next_line().await.unwrap().expect("warden exited early");
+                let line = lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("warden exited early");
                 log.lock().unwrap().push(line.clone());
                 let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;

@@ -1,0 +1,134 @@
+//! The supervisor's lifecycle in-process: health, the data-dir lock, and the graceful drain.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestApp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warden::config::Config;
+use warden::db::LockError;
+use warden::supervisor::{App, StartError};
+
+#[tokio::test]
+async fn healthz_reports_version_uptime_and_each_service() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .get(format!("{}/healthz", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let health: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert!(health["uptimeMs"].is_u64());
+    assert_eq!(health["services"]["hashes"], "up");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_warden_on_the_same_data_dir_refuses_to_start() {
+    let app = TestApp::spawn().await;
+    let mut flags = common::port_zero_flags(app.dir.path());
+    flags.push("--no-hashes".into());
+    let config = Config::from_flags(flags).unwrap();
+    let second = App::build(config).await;
+    assert!(
+        matches!(second, Err(StartError::Lock(LockError::Held(_)))),
+        "{second:?}"
+    );
+    // The first one is unharmed.
+    assert_eq!(app.create_hash("still serving").await, 1);
+    let (dir, _) = app.stop().await;
+
+    // Once the first has stopped, the lock is free again.
+    let config = Config::from_flags(common::port_zero_flags(dir.path())).unwrap();
+    let third = App::build(config).await.expect("the lock was released");
+    third.shutdown_token().cancel();
+    third.run_until_stopped().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_work_refuses_new_work_and_ends_cleanly() {
+    let app = TestApp::spawn().await;
+    app.create_hash("before").await;
+
+    // A request whose body is still arriving when the drain begins.
+    let mut in_flight = TcpStream::connect(app.hashes_addr).await.unwrap();
+    let body = "password=angryMonkey";
+    let head = format!(
+        "POST /hash HTTP/1.1\r\nHost: warden\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+    in_flight.write_all(&body.as_bytes()[..4]).await.unwrap();
+    in_flight.flush().await.unwrap();
+    // Let the server read the head and start the handler before the drain begins.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let shutdown = app
+        .client
+        .post(format!("{}/shutdown", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shutdown.status(), 200);
+
+    // Health says draining while the in-flight request holds the drain open.
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(
+        health.json::<serde_json::Value>().await.unwrap()["status"],
+        "draining"
+    );
+
+    // A repeated shutdown request is harmless.
+    let again = app
+        .client
+        .get(format!("{}/shutdown", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+
+    // New work is refused: the listener no longer accepts, or answers 503.
+    let fresh = reqwest::Client::new()
+        .post(format!("{}/hash", app.hashes))
+        .form(&[("password", "too late")])
+        .send()
+        .await;
+    match fresh {
+        Err(error) => assert!(error.is_connect() || error.is_request(), "{error}"),
+        Ok(response) => assert_eq!(response.status(), 503),
+    }
+
+    // The in-flight request completes and gets its id.
+    in_flight.write_all(&body.as_bytes()[4..]).await.unwrap();
+    let mut answer = String::new();
+    in_flight.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n2"), "{answer}");
+
+    let (ended, dir, clock) = app.wait_stopped().await;
+    ended.expect("the drain ended cleanly");
+
+    // The in-flight hash was committed before the run ended.
+    let app = TestApp::spawn_in(dir, clock, &[]).await;
+    assert_eq!(app.stats().await.0, 2);
+    app.clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        app.get_hash("2").await.text().await.unwrap(),
+        common::ANGRY_MONKEY
+    );
+    app.stop().await;
+}

@@ -1,0 +1,213 @@
+//! The real `warden` binary as an operator runs it: settings, signals, kill -9, the lock.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{ANGRY_MONKEY, WardenProcess, warden_binary};
+use tokio::process::Command;
+
+/// Runs `warden ARGS` with `env` to completion; returns (exit code, stderr).
+async fn run_warden(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(warden_binary())
+            .args(args)
+            .envs(env.iter().copied())
+            .output(),
+    )
+    .await
+    .expect("warden exited within 30 s")
+    .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Flags, environment, and the setting the error must name.
+type BadSetting = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+#[tokio::test]
+async fn bad_settings_exit_2_with_one_line_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    let cases: [BadSetting; 6] = [
+        (&["--hash-delay", "soon"], &[], "--hash-delay"),
+        (&[], &[("WARDEN_HASH_DELAY", "5 parsecs")], "--hash-delay"),
+        (&[], &[("WARDEN_SYNC", "sometimes")], "--sync"),
+        (&["--hashes-addr", "localhost"], &[], "--hashes-addr"),
+        (&["--job-output-limit", "lots"], &[], "--job-output-limit"),
+        (&["--instance-ttl", "0s"], &[], "--instance-ttl"),
+    ];
+    for (flags, env, setting) in cases {
+        let mut args = vec!["serve", "--data-dir", &data_dir];
+        args.extend_from_slice(flags);
+        let (code, stderr) = run_warden(&args, env).await;
+        assert_eq!(code, Some(2), "{flags:?} {env:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(setting), "{stderr} should name {setting}");
+    }
+    let (code, stderr) = run_warden(
+        &["serve", "--jobs-tls", "off", "--jobs-addr", "0.0.0.0:1"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--jobs-tls"), "{stderr}");
+    assert!(
+        !dir.path().join("warden.db").exists(),
+        "nothing was created by a refused start"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_0_and_a_repeat_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut warden = WardenProcess::start(dir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/hash", warden.hashes))
+        .form(&[("password", "angryMonkey")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "1");
+    warden.signal("TERM").await;
+    // A second signal during the drain changes nothing; the process may already be gone.
+    let _ = Command::new("kill")
+        .args(["-TERM", &warden.child.id().unwrap_or(0).to_string()])
+        .status()
+        .await;
+    assert_eq!(warden.exit_code().await, Some(0));
+    let log = warden.log.lock().unwrap().join("\n");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    // The WAL was checkpointed into the database file.
+    let wal = dir.path().join("warden.db-wal");
+    assert!(
+        !wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0,
+        "the WAL still holds data after a clean stop"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_hash_or_stat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut warden = WardenProcess::start(dir.path(), &["--hash-delay", "0s"]).await;
+    let client = reqwest::Client::new();
+    let acknowledged = Arc::new(Mutex::new(Vec::<(i64, String)>::new()));
+    // Eight clients post as fast as they can until the server dies under them.
+    let clients: Vec<_> = (0..8)
+        .map(|worker| {
+            let client = client.clone();
+            let url = format!("{}/hash", warden.hashes);
+            let acknowledged = acknowledged.clone();
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let password = if n % 2 == 0 {
+                        "angryMonkey".to_owned()
+                    } else {
+                        format!("pw {worker} {n}")
+                    };
+                    let Ok(response) = client
+                        .post(&url)
+                        .form(&[("password", &password)])
+                        .send()
+                        .await
+                    else {
+                        return;
+                    };
+                    let Ok(id) = response.text().await.map(|body| body.parse::<i64>()) else {
+                        return;
+                    };
+                    acknowledged.lock().unwrap().push((id.unwrap(), password));
+                }
+            })
+        })
+        .collect();
+    while acknowledged.lock().unwrap().len() < 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    warden.signal("KILL").await;
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(warden.exit_code().await, None, "killed by a signal");
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let warden = WardenProcess::start(dir.path(), &["--hash-delay", "0s"]).await;
+    for (id, password) in &acknowledged {
+        let response = client
+            .get(format!("{}/hash/{id}", warden.hashes))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "acknowledged id {id} was lost");
+        let hash = response.text().await.unwrap();
+        assert_eq!(hash == ANGRY_MONKEY, password == "angryMonkey", "id {id}");
+    }
+    let stats: serde_json::Value = client
+        .get(format!("{}/stats", warden.hashes))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let max_id = acknowledged.iter().map(|(id, _)| *id).max().unwrap();
+    assert!(stats["total"].as_i64().unwrap() >= max_id);
+}
+
+#[tokio::test]
+async fn a_second_serve_on_the_same_data_dir_exits_at_once_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = WardenProcess::start(dir.path(), &[]).await;
+    let mut args = vec!["serve".to_owned()];
+    args.extend(common::port_zero_flags(dir.path()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stderr) = run_warden(&args, &[]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another warden process is already using data directory"),
+        "{stderr}"
+    );
+    // The first is still serving.
+    let health = reqwest::get(format!("{}/healthz", first.admin))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    first.signal("TERM").await;
+    assert_eq!(first.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn shutdown_over_http_stops_the_process_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut warden = WardenProcess::start(dir.path(), &[]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/shutdown", warden.hashes))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(warden.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn migrate_creates_the_database_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("fresh");
+    let data_dir = data_dir.display().to_string();
+    let (code, stderr) = run_warden(&["migrate", "--data-dir", &data_dir], &[]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(dir.path().join("fresh/warden.db").exists());
+    // Running it again is a no-op.
+    let (code, stderr) = run_warden(&["migrate", "--data-dir", &data_dir], &[]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
