@@ -35,7 +35,7 @@ async fn a_v0_1_0_database_upgrades_with_its_hashes_and_stats() {
 
     assert_eq!(app.get_hash("1").await.text().await.unwrap(), ANGRY_MONKEY);
     assert_eq!(app.get_hash("3").await.status(), 200);
-    assert_eq!(app.stats().await, (3, 726));
+    assert_eq!(app.stats().await, (3, 41));
     assert_eq!(
         app.create_hash("new").await,
         4,

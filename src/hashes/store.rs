@@ -18,8 +18,9 @@ pub struct NewHash {
     pub arrived: Instant,
 }
 
-/// The batch that records hashes: ids are `total + 1 …` of the stats row, so ids and the
-/// count of accepted requests are one number and can never disagree.
+/// The batch that records hashes: one statement inserts the whole batch, and the
+/// `hashes_count_in_stats` trigger updates the stats inside that same statement, so a
+/// committed hash is always counted and an uncommitted one never is.
 #[derive(Debug)]
 pub struct RecordHashes;
 
@@ -33,43 +34,44 @@ impl Batch for RecordHashes {
         conn: &mut SqliteConnection,
         requests: &[NewHash],
     ) -> Result<Vec<i64>, sqlx::Error> {
-        let rows: Vec<(&str, i64, i64)> = requests
+        // The handling time ends as the row is written: the commit that follows is what
+        // makes this very figure durable, so it cannot be part of it.
+        let rows: Vec<(&str, i64, i64, i64)> = requests
             .iter()
-            .map(|new| (new.sha512.as_str(), new.received_at_ms, new.ready_at_ms))
+            .map(|new| {
+                let handling_ns = i64::try_from(new.arrived.elapsed().as_nanos());
+                let handling_ns = handling_ns.unwrap_or(i64::MAX);
+                (
+                    new.sha512.as_str(),
+                    new.received_at_ms,
+                    new.ready_at_ms,
+                    handling_ns,
+                )
+            })
             .collect();
         let rows =
             serde_json::to_string(&rows).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-        // One statement for the whole batch: row `key` of the JSON array gets id total+1+key.
-        sqlx::query!(
-            r#"INSERT INTO hashes (id, sha512, received_at_ms, ready_at_ms)
-               SELECT hash_stats.total + 1 + new.key,
-                      new.value ->> 0, new.value ->> 1, new.value ->> 2
-               FROM hash_stats, json_each(?1) AS new
-               WHERE hash_stats.id = 1"#,
+        // One statement, so one round trip to SQLite's thread and one atomic commit. Rows go
+        // in in array order and take consecutive ids, the last of which SQLite reports: no
+        // RETURNING, whose rows would each cost a wake-up of the writer.
+        let inserted = sqlx::query!(
+            r#"INSERT INTO hashes (sha512, received_at_ms, ready_at_ms, handling_ns)
+               SELECT new.value ->> 0, new.value ->> 1, new.value ->> 2, new.value ->> 3
+               FROM json_each(?1) AS new
+               ORDER BY new.key"#,
             rows
         )
         .execute(&mut *conn)
         .await?;
-
-        // The handling time ends here, as the rows are written: the commit that follows is
-        // the one that makes this very stat durable, so it cannot be part of it.
-        let handling_ns: i64 = requests
-            .iter()
-            .map(|new| i64::try_from(new.arrived.elapsed().as_nanos()).unwrap_or(i64::MAX))
-            .fold(0, i64::saturating_add);
         let count = i64::try_from(requests.len()).unwrap_or(i64::MAX);
-        let total = sqlx::query_scalar!(
-            "UPDATE hash_stats
-             SET total = total + ?1, handling_ns = handling_ns + ?2
-             WHERE id = 1
-             RETURNING total",
-            count,
-            handling_ns
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        let first = total - count + 1;
-        Ok((first..=total).collect())
+        if inserted.rows_affected() != requests.len() as u64 {
+            return Err(sqlx::Error::Protocol(format!(
+                "inserted {} hashes for {count} requests",
+                inserted.rows_affected()
+            )));
+        }
+        let last = inserted.last_insert_rowid();
+        Ok((last - count + 1..=last).collect())
     }
 }
 
