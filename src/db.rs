@@ -20,7 +20,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection as _, SqlitePool};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{SyncMode, database_path};
@@ -94,6 +94,14 @@ impl Database {
         Writer { queue }
     }
 
+    /// Takes the write connection for a write that is not worth batching (a delete, a purge
+    /// step). Keep the guard briefly: every writer waits for it, so never hold it across a
+    /// wait for anything but SQLite.
+    pub async fn write_connection(&self) -> Result<WriteConnection<'_>, StorageFault> {
+        let writes = self.writes.lock().await;
+        MutexGuard::try_map(writes, Option::as_mut).map_err(|_| StorageFault::Stopped)
+    }
+
     /// Folds the WAL back into the database file and closes every connection; writes after
     /// this fail with [`StorageFault::Stopped`].
     pub async fn close(&self) {
@@ -112,6 +120,9 @@ impl Database {
         }
     }
 }
+
+/// The write connection, held exclusively; see [`Database::write_connection`].
+pub type WriteConnection<'a> = MappedMutexGuard<'a, SqliteConnection>;
 
 /// One kind of write that a [`Writer`] applies in batches, e.g. "record these hashes".
 pub trait Batch: Send + Sync + 'static {

@@ -188,3 +188,25 @@ pub async fn fill_empty_error_bodies(request: Request, next: Next) -> Response {
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body))
 }
+
+/// `Path`, but a path that cannot be decoded (bad percent-encoding, wrong arity) is our 400.
+#[derive(Debug)]
+pub struct PathParams<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for PathParams<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(params)| Self(params))
+            .map_err(|_| Error::BadRequest("the path could not be decoded".into()))
+    }
+}

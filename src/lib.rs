@@ -12,6 +12,7 @@
 //! - [`error`]: the error type handlers return and its JSON shape.
 //! - [`clock`]: the injectable time source.
 //! - [`hashes`]: `POST /hash`, `GET /hash/{id}`, `GET /stats`: router, SQL and input parsing.
+//! - [`registry`]: heartbeat discovery: `/{group}/{id}`, `/{group}`, `/`, and the purge job.
 //! - [`admin`]: `GET /healthz` and `/shutdown`.
 //!
 //! Dependencies point one way: `supervisor` → services → `db`/`error`/`clock`. Services never
@@ -24,4 +25,5 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod hashes;
+pub mod registry;
 pub mod supervisor;

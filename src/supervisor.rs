@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::db::{DataDirLock, Database, LockError, lock_data_dir};
 use crate::error::{Error, fill_empty_error_bodies};
 use crate::hashes::{self, Hashes};
+use crate::registry::{self, Registry};
 
 /// How long the database gets to close after a drain that timed out.
 const CLOSE_AFTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +43,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: sqlx::Error,
     },
+    #[error(transparent)]
+    Registry(#[from] registry::StartError),
     #[error("cannot listen for {service} on {addr}: {source}")]
     Bind {
         service: &'static str,
@@ -97,10 +100,13 @@ impl App {
                 source,
             })?;
         let shutdown = CancellationToken::new();
+        // If anything below fails, the tasks already started see the token cancelled and end.
+        let stop_on_error = shutdown.clone().drop_guard();
         let tasks = TaskTracker::new();
 
         let mut services = Vec::new();
         if !config.no_hashes {
+            let listener = bind("hashes", config.hashes_addr).await?;
             let state = Hashes::start(&db, &tasks, config.clock.clone(), config.hash_delay);
             let router = hashes::router(state)
                 .layer(middleware::from_fn_with_state(
@@ -110,8 +116,29 @@ impl App {
                 .merge(admin::shutdown_router(shutdown.clone()));
             services.push(BoundService {
                 name: "hashes",
-                listener: bind("hashes", config.hashes_addr).await?,
+                listener,
                 router: with_common_layers(router, "hashes"),
+            });
+        }
+        if !config.no_registry {
+            let listener = bind("registry", config.registry_addr).await?;
+            let state = Registry::start(
+                &db,
+                &tasks,
+                &shutdown,
+                config.clock.clone(),
+                config.instance_ttl,
+                config.purge_every,
+            )
+            .await?;
+            let router = registry::router(state).layer(middleware::from_fn_with_state(
+                shutdown.clone(),
+                refuse_when_draining,
+            ));
+            services.push(BoundService {
+                name: "registry",
+                listener,
+                router: with_common_layers(router, "registry"),
             });
         }
 
@@ -121,6 +148,7 @@ impl App {
             shutdown: shutdown.clone(),
         };
         let admin_listener = bind("admin", config.admin_addr).await?;
+        stop_on_error.disarm();
         Ok(Self {
             _lock: lock,
             config,
@@ -136,6 +164,11 @@ impl App {
     /// The bound address of the hash service, if it is enabled.
     pub fn hashes_addr(&self) -> Option<SocketAddr> {
         self.local_addr("hashes")
+    }
+
+    /// The bound address of the registry, if it is enabled.
+    pub fn registry_addr(&self) -> Option<SocketAddr> {
+        self.local_addr("registry")
     }
 
     /// The bound address of the admin listener.

@@ -10,7 +10,7 @@ mod store;
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, millis};
 use crate::db::{Database, Writer};
-use crate::error::{Error, Result};
+use crate::error::{Error, PathParams, Result};
 use store::{NewHash, RecordHashes};
 
 /// The hash service's state: its writer, the read pool, the clock and the delay.
@@ -89,7 +89,10 @@ async fn create_hash(State(hashes): State<Hashes>, request: Request) -> Result<R
 }
 
 /// `GET /hash/{id}`: the base64 SHA-512 once ready; 404 with `Retry-After` until then.
-async fn read_hash(State(hashes): State<Hashes>, Path(id): Path<String>) -> Result<Response> {
+async fn read_hash(
+    State(hashes): State<Hashes>,
+    PathParams(id): PathParams<String>,
+) -> Result<Response> {
     let id = parse_id(&id)?;
     let Some(hash) = (match id {
         Some(id) => store::find(&hashes.reads, id).await?,

@@ -1,0 +1,315 @@
+//! The heartbeat discovery registry: `POST`, `GET` and `DELETE /{group}/{id}`, `GET /{group}`
+//! and `GET /`.
+//!
+//! An instance is live while `now - updatedAt < TTL`. Every read applies that rule in its
+//! query, so expiry is exact whatever the purge's timing; the purge only reclaims space.
+//! Heartbeats go through the group-commit writer as one upsert per batch: a client's heartbeat
+//! is acknowledged only once committed.
+
+mod purge;
+mod store;
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{Clock, millis};
+use crate::db::{Database, Writer};
+use crate::error::{Error, PathParams, Result};
+use store::{GroupSummary, Heartbeat, Instance, RecordHeartbeats};
+
+/// The most a heartbeat body (its meta) may weigh.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Why the registry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read the registry's state: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot start the purge scheduler: {0}")]
+    Scheduler(#[from] tokio_cron_scheduler::JobSchedulerError),
+}
+
+/// The liveness rule, with the start-up grace.
+///
+/// Normally an instance is live while its last heartbeat is later than `now - ttl`. For one
+/// TTL after warden starts, an instance that was live when warden was last known to be
+/// running stays live too: an outage of warden must not evict every client at once, but an
+/// instance that had already expired before the outage stays expired.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    ttl_ms: i64,
+    started_ms: i64,
+    /// When the previous run was last known to be alive, if there was one.
+    previous_alive_ms: Option<i64>,
+}
+
+impl Liveness {
+    /// The cutoff: an instance is live iff its `updated_at_ms` is greater than this.
+    pub fn live_after(&self, now_ms: i64) -> i64 {
+        let normal = now_ms.saturating_sub(self.ttl_ms);
+        match self.previous_alive_ms {
+            Some(alive) if now_ms < self.started_ms.saturating_add(self.ttl_ms) => {
+                normal.min(alive.saturating_sub(self.ttl_ms))
+            }
+            _ => normal,
+        }
+    }
+}
+
+/// The registry's state.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    writer: Writer<RecordHeartbeats>,
+    db: Database,
+    clock: Clock,
+    liveness: Liveness,
+}
+
+impl Registry {
+    /// Starts the registry's writer and its purge job (both tracked by `tasks`; the purge
+    /// stops when `shutdown` is cancelled).
+    pub async fn start(
+        db: &Database,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+        clock: Clock,
+        ttl: Duration,
+        purge_every: Duration,
+    ) -> Result<Self, StartError> {
+        let liveness = Liveness {
+            ttl_ms: millis(ttl),
+            started_ms: clock.now_ms(),
+            previous_alive_ms: store::last_alive(&db.reads).await?,
+        };
+        let writer = db.writer(
+            RecordHeartbeats {
+                clock: clock.clone(),
+                liveness,
+            },
+            tasks,
+        );
+        purge::start(
+            db.clone(),
+            clock.clone(),
+            liveness,
+            purge_every,
+            tasks,
+            shutdown.clone(),
+        )
+        .await?;
+        Ok(Self {
+            writer,
+            db: db.clone(),
+            clock,
+            liveness,
+        })
+    }
+
+    fn live_after(&self) -> i64 {
+        self.liveness.live_after(self.clock.now_ms())
+    }
+}
+
+/// The registry's routes.
+pub fn router(registry: Registry) -> Router {
+    Router::new()
+        .route("/", get(list_groups))
+        .route("/{group}", get(list_instances))
+        .route(
+            "/{group}/{id}",
+            post(heartbeat).get(read_instance).delete(unregister),
+        )
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(registry)
+}
+
+/// `POST /{group}/{id}`: 201 with the instance on first registration, 200 on a refresh.
+async fn heartbeat(
+    State(registry): State<Registry>,
+    PathParams((group, id)): PathParams<(String, String)>,
+    request: Request,
+) -> Result<Response> {
+    check_names(&group, Some(&id))?;
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge { limit: BODY_LIMIT }
+            } else {
+                Error::BadRequest("the request body could not be read".into())
+            }
+        })?;
+    let meta = meta_of(&body)?;
+    let registered = registry
+        .writer
+        .submit(Heartbeat { group, id, meta })
+        .await?;
+    let status = if registered.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(registered.instance)).into_response())
+}
+
+/// `GET /{group}/{id}`: the live instance, or 404.
+async fn read_instance(
+    State(registry): State<Registry>,
+    PathParams((group, id)): PathParams<(String, String)>,
+) -> Result<Json<Instance>> {
+    check_names(&group, Some(&id))?;
+    store::find(&registry.db.reads, &group, &id, registry.live_after())
+        .await?
+        .map(Json)
+        .ok_or_else(|| Error::not_found("no live instance with that group and id"))
+}
+
+/// `GET /{group}`: the group's live instances by id; 404 when it has none.
+async fn list_instances(
+    State(registry): State<Registry>,
+    PathParams(group): PathParams<String>,
+) -> Result<Json<Vec<Instance>>> {
+    check_names(&group, None)?;
+    let instances = store::list_group(&registry.db.reads, &group, registry.live_after()).await?;
+    if instances.is_empty() {
+        return Err(Error::not_found("no live instance in that group"));
+    }
+    Ok(Json(instances))
+}
+
+/// `GET /`: every group with a live instance.
+async fn list_groups(State(registry): State<Registry>) -> Result<Json<Vec<GroupSummary>>> {
+    Ok(Json(
+        store::list_groups(&registry.db.reads, registry.live_after()).await?,
+    ))
+}
+
+/// `DELETE /{group}/{id}`: 204; 404 if there is no live instance.
+async fn unregister(
+    State(registry): State<Registry>,
+    PathParams((group, id)): PathParams<(String, String)>,
+) -> Result<StatusCode> {
+    check_names(&group, Some(&id))?;
+    let deleted = {
+        let mut conn = registry.db.write_connection().await?;
+        store::delete(&mut conn, &group, &id).await?
+    };
+    match deleted {
+        Some(updated_at) if updated_at > registry.live_after() => Ok(StatusCode::NO_CONTENT),
+        // An expired row is gone now too, but to the client it was already unknown.
+        _ => Err(Error::not_found("no live instance with that group and id")),
+    }
+}
+
+/// The meta a heartbeat body carries: `None` for an empty body; the object under `"meta"`
+/// if there is one; otherwise the whole body object. Anything but a JSON object is a 400.
+fn meta_of(body: &[u8]) -> Result<Option<String>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let not_an_object = || Error::BadRequest("the body must be a JSON object (or empty)".into());
+    let Value::Object(mut body) =
+        serde_json::from_slice::<Value>(body).map_err(|_| not_an_object())?
+    else {
+        return Err(not_an_object());
+    };
+    let meta = match body.remove("meta") {
+        Some(Value::Object(meta)) => meta,
+        Some(other) => {
+            body.insert("meta".into(), other);
+            body
+        }
+        None => body,
+    };
+    serde_json::to_string(&meta)
+        .map(Some)
+        .map_err(|error| Error::Internal(error.to_string()))
+}
+
+/// 400 unless `group` is 1–64 of `[A-Za-z0-9._-]` and `id` 1–128 of `[A-Za-z0-9._:-]`.
+fn check_names(group: &str, id: Option<&str>) -> Result<()> {
+    let valid = |name: &str, max: usize, extra: &[u8]| {
+        (1..=max).contains(&name.len())
+            && name.bytes().all(|byte| {
+                byte.is_ascii_alphanumeric() || b"._-".contains(&byte) || extra.contains(&byte)
+            })
+    };
+    if !valid(group, 64, b"") {
+        return Err(Error::BadRequest(
+            "group must be 1 to 64 characters of A-Z a-z 0-9 . _ -".into(),
+        ));
+    }
+    if let Some(id) = id
+        && !valid(id, 128, b":")
+    {
+        return Err(Error::BadRequest(
+            "id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        assert!(check_names("particle-detector", Some("e335175a-eace:4a74.b99c_c6")).is_ok());
+        assert!(check_names(&"g".repeat(64), Some(&"i".repeat(128))).is_ok());
+        assert!(check_names(&"g".repeat(65), None).is_err());
+        assert!(check_names("a", Some(&"i".repeat(129))).is_err());
+        assert!(check_names("", None).is_err());
+        assert!(check_names("a:b", None).is_err(), "no colon in a group");
+        assert!(check_names("a", Some("")).is_err());
+        assert!(check_names("a b", None).is_err());
+        assert!(check_names("grüße", None).is_err());
+    }
+
+    #[test]
+    fn meta_is_the_wrapped_object_or_the_whole_body() {
+        assert_eq!(meta_of(b"").unwrap(), None);
+        assert_eq!(meta_of(b" \n").unwrap(), None);
+        assert_eq!(
+            meta_of(br#"{"meta":{"foo":1},"x":2}"#).unwrap().unwrap(),
+            r#"{"foo":1}"#
+        );
+        assert_eq!(meta_of(br#"{"foo":1}"#).unwrap().unwrap(), r#"{"foo":1}"#);
+        assert_eq!(meta_of(br#"{"meta":5}"#).unwrap().unwrap(), r#"{"meta":5}"#);
+        for bad in [&b"[1]"[..], b"5", b"\"s\"", b"null", b"{", b"nope"] {
+            assert!(meta_of(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn liveness_gives_one_ttl_of_grace_to_instances_live_before_an_outage() {
+        let ttl_ms = 30_000;
+        let fresh = Liveness {
+            ttl_ms,
+            started_ms: 1_000_000,
+            previous_alive_ms: None,
+        };
+        assert_eq!(fresh.live_after(1_000_000), 970_000);
+
+        // Last alive at 500 000, restarted at 1 000 000.
+        let restarted = Liveness {
+            ttl_ms,
+            started_ms: 1_000_000,
+            previous_alive_ms: Some(500_000),
+        };
+        // During the grace, anything live at 500 000 (heartbeat after 470 000) is live.
+        assert_eq!(restarted.live_after(1_000_000), 470_000);
+        assert_eq!(restarted.live_after(1_029_999), 470_000);
+        // After one TTL, the normal rule.
+        assert_eq!(restarted.live_after(1_030_000), 1_000_000);
+    }
+}

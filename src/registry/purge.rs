@@ -1,0 +1,107 @@
+//! The purge: a tokio-cron-scheduler job that deletes expired instances in bounded batches.
+//!
+//! Each batch is one short statement on the write connection, which is released between
+//! batches, so heartbeats interleave with a large purge instead of waiting for all of it.
+//! Each run also records that the registry is alive, for the start-up grace after an outage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Liveness, store};
+use crate::clock::Clock;
+use crate::db::Database;
+use crate::error::StorageFault;
+
+/// The most rows one purge statement deletes: a few milliseconds of write lock.
+const PURGE_BATCH: i64 = 1_000;
+
+/// Schedules the purge every `every` until `shutdown`; then records the last alive time.
+pub async fn start(
+    db: Database,
+    clock: Clock,
+    liveness: Liveness,
+    every: Duration,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<(), JobSchedulerError> {
+    let mut scheduler = JobScheduler::new().await?;
+    // One purge at a time, even if one runs longer than the interval.
+    let running = Arc::new(tokio::sync::Mutex::new(()));
+    let purge = {
+        let (db, clock, running, shutdown) =
+            (db.clone(), clock.clone(), running.clone(), shutdown.clone());
+        Job::new_repeated_async(every, move |_, _| {
+            let (db, clock, running, shutdown) =
+                (db.clone(), clock.clone(), running.clone(), shutdown.clone());
+            Box::pin(async move {
+                let Ok(_only_one) = running.try_lock() else {
+                    return;
+                };
+                if let Err(fault) = purge_expired(&db, &clock, &liveness, &shutdown).await {
+                    tracing::warn!(%fault, "purge of expired instances failed; will retry");
+                }
+            })
+        })?
+    };
+    scheduler.add(purge).await?;
+    scheduler.start().await?;
+    tasks.spawn(async move {
+        shutdown.cancelled().await;
+        if let Err(error) = scheduler.shutdown().await {
+            tracing::warn!(%error, "the purge scheduler did not stop cleanly");
+        }
+        let _finished = running.lock().await;
+        if let Err(fault) = record_alive(&db, clock.now_ms()).await {
+            tracing::warn!(%fault, "could not record the registry's last alive time");
+        }
+    });
+    Ok(())
+}
+
+/// Deletes every expired instance, a batch at a time, stopping early on shutdown; returns how
+/// many it deleted.
+pub async fn purge_expired(
+    db: &Database,
+    clock: &Clock,
+    liveness: &Liveness,
+    shutdown: &CancellationToken,
+) -> Result<u64, StorageFault> {
+    let now = clock.now_ms();
+    let live_after = liveness.live_after(now);
+    let mut purged = 0;
+    while !shutdown.is_cancelled() {
+        let deleted = {
+            let mut conn = db.write_connection().await?;
+            store::delete_expired(&mut conn, live_after, PURGE_BATCH)
+                .await
+                .map_err(|error| logged(&error))?
+        };
+        purged += deleted;
+        if deleted < PURGE_BATCH.unsigned_abs() {
+            break;
+        }
+        // Let a waiting heartbeat batch take the write connection before the next batch.
+        tokio::task::yield_now().await;
+    }
+    record_alive(db, now).await?;
+    if purged > 0 {
+        tracing::info!(purged, "purged expired instances");
+    }
+    Ok(purged)
+}
+
+async fn record_alive(db: &Database, now_ms: i64) -> Result<(), StorageFault> {
+    let mut conn = db.write_connection().await?;
+    store::record_alive(&mut conn, now_ms)
+        .await
+        .map_err(|error| logged(&error))
+}
+
+fn logged(error: &sqlx::Error) -> StorageFault {
+    tracing::error!(%error, "registry purge: database error");
+    StorageFault::of(error)
+}
