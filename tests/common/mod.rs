@@ -47,6 +47,7 @@ pub struct TestApp {
     pub dir: TempDir,
     pub clock: Clock,
     pub hashes: String,
+    pub registry: String,
     pub admin: String,
     pub hashes_addr: SocketAddr,
     pub client: reqwest::Client,
@@ -70,6 +71,7 @@ impl TestApp {
         config.clock = clock.clone();
         let app = App::build(config).await.expect("warden builds");
         let hashes_addr = app.hashes_addr().expect("hashes is enabled");
+        let registry_addr = app.registry_addr().expect("registry is enabled");
         let admin_addr = app.admin_addr();
         let shutdown = app.shutdown_token();
         let running = tokio::spawn(app.run_until_stopped());
@@ -77,6 +79,7 @@ impl TestApp {
             dir,
             clock,
             hashes: format!("http://{hashes_addr}"),
+            registry: format!("http://{registry_addr}"),
             admin: format!("http://{admin_addr}"),
             hashes_addr,
             client: reqwest::Client::new(),

@@ -1,0 +1,431 @@
+//! The discovery registry's contract over real HTTP, with a manual clock.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{START_MS, TestApp};
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use warden::clock::Clock;
+
+impl TestApp {
+    /// `POST /{group}/{id}` with `body` (None: no body); returns (status, JSON).
+    async fn beat(&self, group: &str, id: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.client.post(format!("{}/{group}/{id}", self.registry));
+        if let Some(body) = body {
+            request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().await.unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    /// `METHOD {registry}{path}`; returns (status, JSON or Null).
+    async fn call(&self, method: Method, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.registry))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path).await
+    }
+}
+
+#[tokio::test]
+async fn first_heartbeat_creates_and_later_ones_refresh() {
+    let app = TestApp::spawn().await;
+    let (status, created) = app
+        .beat("particle-detector", "e335", Some(r#"{"foo":1}"#))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        created,
+        json!({
+            "id": "e335",
+            "group": "particle-detector",
+            "createdAt": START_MS,
+            "updatedAt": START_MS,
+            "meta": {"foo": 1},
+        })
+    );
+
+    // Same millisecond: updatedAt still moves on, strictly.
+    let (status, refreshed) = app.beat("particle-detector", "e335", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(refreshed["createdAt"], START_MS);
+    assert_eq!(refreshed["updatedAt"], START_MS + 1);
+    assert_eq!(
+        refreshed["meta"],
+        json!({"foo": 1}),
+        "no body keeps the meta"
+    );
+
+    app.clock.advance(Duration::from_secs(10));
+    let (status, later) = app.beat("particle-detector", "e335", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(later["createdAt"], START_MS);
+    assert_eq!(later["updatedAt"], START_MS + 10_000);
+
+    let (status, read) = app.get("/particle-detector/e335").await;
+    assert_eq!(status, 200);
+    assert_eq!(read, later);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn meta_is_the_wrapped_object_or_the_whole_body() {
+    let app = TestApp::spawn().await;
+    let (_, plain) = app.beat("g", "none", None).await;
+    assert_eq!(plain["meta"], json!({}), "no body on create gives {{}}");
+
+    let (_, wrapped) = app
+        .beat(
+            "g",
+            "wrapped",
+            Some(r#"{"meta":{"zone":"a"},"ignored":true}"#),
+        )
+        .await;
+    assert_eq!(wrapped["meta"], json!({"zone": "a"}));
+
+    let (_, whole) = app
+        .beat("g", "whole", Some(r#"{"zone":"b","n":[1,2]}"#))
+        .await;
+    assert_eq!(whole["meta"], json!({"zone": "b", "n": [1, 2]}));
+
+    let (_, not_object) = app.beat("g", "scalar", Some(r#"{"meta":"x","y":1}"#)).await;
+    assert_eq!(not_object["meta"], json!({"meta": "x", "y": 1}));
+
+    let (status, replaced) = app
+        .beat("g", "whole", Some(r#"{"meta":{"zone":"c"}}"#))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        replaced["meta"],
+        json!({"zone": "c"}),
+        "a new meta replaces the old"
+    );
+
+    let (_, kept) = app.beat("g", "whole", Some("  ")).await;
+    assert_eq!(kept["meta"], json!({"zone": "c"}), "a blank body keeps it");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn groups_list_live_instances_with_counts_and_times() {
+    let app = TestApp::spawn().await;
+    app.beat("beta", "b1", None).await;
+    app.clock.advance(Duration::from_secs(1));
+    app.beat("alpha", "a1", None).await;
+    app.clock.advance(Duration::from_secs(1));
+    app.beat("alpha", "a2", None).await;
+    app.clock.advance(Duration::from_secs(1));
+    app.beat("alpha", "a1", None).await;
+
+    let (status, groups) = app.get("/").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        groups,
+        json!([
+            {"group": "alpha", "instances": 2, "createdAt": START_MS + 1_000, "lastUpdatedAt": START_MS + 3_000},
+            {"group": "beta", "instances": 1, "createdAt": START_MS, "lastUpdatedAt": START_MS},
+        ])
+    );
+
+    let (status, alpha) = app.get("/alpha").await;
+    assert_eq!(status, 200);
+    let ids: Vec<_> = alpha
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("a1"), json!("a2")]);
+    assert!(
+        alpha
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["group"] == "alpha")
+    );
+
+    assert_eq!(app.get("/gamma").await.0, 404, "a group with no instance");
+    assert_eq!(app.get("/alpha/a3").await.0, 404, "an unknown instance");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn delete_unregisters_and_an_unknown_instance_is_404() {
+    let app = TestApp::spawn().await;
+    app.beat("g", "one", None).await;
+    app.beat("g", "two", None).await;
+    let (status, body) = app.call(Method::DELETE, "/g/one").await;
+    assert_eq!(status, 204);
+    assert_eq!(body, Value::Null);
+    assert_eq!(app.get("/g/one").await.0, 404);
+    assert_eq!(app.call(Method::DELETE, "/g/one").await.0, 404);
+    assert_eq!(app.call(Method::DELETE, "/nobody/here").await.0, 404);
+    let (_, groups) = app.get("/").await;
+    assert_eq!(groups[0]["instances"], 1);
+
+    app.call(Method::DELETE, "/g/two").await;
+    assert_eq!(
+        app.get("/").await.1,
+        json!([]),
+        "an empty group is not listed"
+    );
+    assert_eq!(app.get("/g").await.0, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn expiry_is_exact_at_the_ttl() {
+    let app = TestApp::spawn().await;
+    app.beat("g", "old", Some(r#"{"v":1}"#)).await;
+    app.clock.advance(Duration::from_secs(10));
+    app.beat("g", "young", None).await;
+
+    // One millisecond before the TTL: still live everywhere.
+    app.clock.set_ms(START_MS + 29_999);
+    assert_eq!(app.get("/g/old").await.0, 200);
+    assert_eq!(app.get("/").await.1[0]["instances"], 2);
+
+    // At the TTL: gone from every read.
+    app.clock.set_ms(START_MS + 30_000);
+    assert_eq!(app.get("/g/old").await.0, 404);
+    let (_, group) = app.get("/g").await;
+    assert_eq!(group.as_array().unwrap().len(), 1);
+    assert_eq!(group[0]["id"], "young");
+    let (_, groups) = app.get("/").await;
+    assert_eq!(groups[0]["instances"], 1);
+    assert_eq!(
+        groups[0]["createdAt"],
+        START_MS + 10_000,
+        "only live instances count"
+    );
+    assert_eq!(app.call(Method::DELETE, "/g/old").await.0, 404);
+
+    // A heartbeat after expiry is a new registration.
+    app.beat("g", "young", None).await; // keep it alive while we look at "old"
+    let (status, again) = app.beat("g", "old", None).await;
+    assert_eq!(status, 201);
+    assert_eq!(again["createdAt"], START_MS + 30_000);
+    assert_eq!(
+        again["meta"],
+        json!({}),
+        "the expired instance's meta is not revived"
+    );
+
+    app.clock.set_ms(START_MS + 10_000 + 30_000 + 1);
+    assert_eq!(
+        app.get("/g/young").await.0,
+        200,
+        "refreshed at 30 000, live to 60 000"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_heartbeats_on_twenty_ids_leave_twenty_consistent_instances() {
+    let app = TestApp::spawn().await;
+    let beats = (0..200).map(|n| {
+        let client = app.client.clone();
+        let url = format!("{}/swarm/node-{}", app.registry, n % 20);
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(format!(r#"{{"n":{n}}}"#))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        })
+    });
+    let mut by_id: BTreeMap<String, Vec<(StatusCode, Value)>> = BTreeMap::new();
+    for beat in beats.collect::<Vec<_>>() {
+        let (status, instance) = beat.await.unwrap();
+        by_id
+            .entry(instance["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((status, instance));
+    }
+    assert_eq!(by_id.len(), 20);
+    for (id, replies) in &by_id {
+        assert_eq!(replies.len(), 10, "{id}");
+        let created = replies.iter().filter(|(status, _)| *status == 201).count();
+        assert_eq!(created, 1, "{id} was created exactly once");
+        let updated: BTreeSet<i64> = replies
+            .iter()
+            .map(|(_, instance)| instance["updatedAt"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            updated.len(),
+            10,
+            "{id}: every heartbeat got its own updatedAt"
+        );
+        let created_at: BTreeSet<i64> = replies
+            .iter()
+            .map(|(_, instance)| instance["createdAt"].as_i64().unwrap())
+            .collect();
+        assert_eq!(created_at.len(), 1, "{id}: createdAt never changed");
+        let stored = app.get(&format!("/swarm/{id}")).await.1;
+        assert_eq!(stored["updatedAt"].as_i64(), updated.last().copied());
+    }
+    let (_, swarm) = app.get("/swarm").await;
+    assert_eq!(swarm.as_array().unwrap().len(), 20);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn instances_survive_a_restart() {
+    let app = TestApp::spawn().await;
+    let (_, before) = app.beat("g", "keeper", Some(r#"{"k":"v"}"#)).await;
+    let (dir, clock) = app.stop().await;
+    let app = TestApp::spawn_in(dir, clock, &[]).await;
+    assert_eq!(app.get("/g/keeper").await.1, before);
+    let (status, _) = app.beat("g", "keeper", None).await;
+    assert_eq!(status, 200, "still the same registration");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn after_an_outage_live_instances_get_one_ttl_of_grace_and_expired_ones_stay_expired() {
+    let app = TestApp::spawn().await;
+    app.beat("g", "lapsed", None).await;
+    app.clock.advance(Duration::from_secs(40));
+    app.beat("g", "steady", None).await; // "lapsed" expired 10 s ago
+    app.beat("g", "sleeper", None).await;
+    let (dir, clock) = app.stop().await; // warden was last alive at START + 40 s
+
+    // A 60 s outage: "steady" and "sleeper" would have expired 30 s ago by the plain rule.
+    clock.set_ms(START_MS + 100_000);
+    let app = TestApp::spawn_in(dir, clock, &[]).await;
+    assert_eq!(app.get("/g/sleeper").await.0, 200, "grace");
+    assert_eq!(
+        app.get("/g/lapsed").await.0,
+        404,
+        "expired before the outage"
+    );
+    app.clock.advance(Duration::from_secs(1));
+    let (status, steady) = app.beat("g", "steady", None).await;
+    assert_eq!(
+        status, 200,
+        "a heartbeat during the grace refreshes, not re-creates"
+    );
+    assert_eq!(steady["createdAt"], START_MS + 40_000);
+
+    // The grace lasts one TTL from the restart.
+    app.clock.set_ms(START_MS + 100_000 + 29_999);
+    assert_eq!(app.get("/g/sleeper").await.0, 200);
+    app.clock.set_ms(START_MS + 100_000 + 30_000);
+    let (_, group) = app.get("/g").await;
+    let ids: Vec<&str> = group
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|instance| instance["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["steady"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_purge_deletes_expired_rows_from_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_in(
+        dir,
+        Clock::manual(START_MS),
+        &["--instance-ttl", "1ms", "--purge-every", "100ms"],
+    )
+    .await;
+    for id in ["a", "b", "c"] {
+        app.beat("g", id, None).await;
+    }
+    app.clock.advance(Duration::from_millis(1));
+    app.beat("g", "fresh", None).await;
+    let db = app.dir.path().join("warden.db");
+    let count = || async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&db)
+            .read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM instances ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        ids
+    };
+    // The scheduler runs on real time; wait for a purge (it ticks every 500 ms at most).
+    let purged = async {
+        while count().await != ["fresh"] {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), purged)
+        .await
+        .expect("the purge deleted the expired rows and kept the live one");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let long_group = "g".repeat(65);
+    let long_id = "i".repeat(129);
+    let bad_names = [
+        format!("/{long_group}/id"),
+        format!("/g/{long_id}"),
+        "/bad%20group/id".to_owned(),
+        "/g/bad%2Fid".to_owned(),
+        "/a:b/id".to_owned(),
+        "/g/caf%C3%A9".to_owned(),
+        "/g/%FF".to_owned(),
+    ];
+    for path in &bad_names {
+        let (status, body) = app.call(Method::POST, path).await;
+        assert_eq!(status, 400, "{path}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+        assert_eq!(app.get(path).await.0, 400, "GET {path}");
+    }
+    for body in [
+        "[1,2]",
+        "5",
+        "\"text\"",
+        "null",
+        "{\"unclosed\":",
+        "not json",
+    ] {
+        let (status, error) = app.beat("g", "id", Some(body)).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(error["error"].is_string());
+    }
+    let huge = format!(r#"{{"blob":"{}"}}"#, "x".repeat(100 * 1024));
+    let (status, _) = app.beat("g", "id", Some(&huge)).await;
+    assert_eq!(status, 413);
+
+    let (status, _) = app.call(Method::PUT, "/g/id").await;
+    assert_eq!(status, 405);
+    let response = app
+        .client
+        .put(format!("{}/g/id", app.registry))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[header::ALLOW], "POST,GET,HEAD,DELETE");
+
+    assert_eq!(app.get("/").await.1, json!([]), "nothing was stored");
+    app.stop().await;
+}
