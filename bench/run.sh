@@ -5,9 +5,14 @@
 #   DURATION=30s bash bench/run.sh
 #
 # Measures, in one run, the machine's ceiling (bench/noop.rs: an axum route that does
-# nothing), admin GET /healthz, and POST /hash with `password=angryMonkey`; prints req/s, p99,
-# warden's peak RSS, and the ratio POST /hash / no-op.
-# Targets (issue 3): POST /hash >= 0.5x no-op, p99 <= 5 ms, peak RSS <= 64 MB.
+# nothing), admin GET /healthz, POST /hash with `password=angryMonkey`, registry heartbeats
+# (small JSON bodies over 10 000 instances in 100 groups) and GET /{group} of 100 instances;
+# prints req/s, p99, warden's peak RSS and each rate as a ratio of the no-op's. Then, on
+# data dirs seeded with sqlite3: GET / over 100 000 live instances in 1 000 groups, and
+# heartbeats while the purge deletes 100 000 expired rows (their worst latency).
+# Targets: POST /hash >= 0.5x no-op, p99 <= 5 ms, peak RSS <= 64 MB (issue 3);
+# heartbeats >= 0.4x no-op, p99 <= 5 ms; GET / <= 20 ms; no heartbeat blocked > 50 ms by the
+# purge (issue 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,9 +21,10 @@ CONNECTIONS=${CONNECTIONS:-64}
 NOOP_ADDR=127.0.0.1:18000
 HASHES_ADDR=127.0.0.1:18080
 ADMIN_ADDR=127.0.0.1:19090
+REGISTRY_ADDR=127.0.0.1:18081
 
 missing=()
-for tool in wrk curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in wrk curl sqlite3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -50,7 +56,7 @@ target/release/examples/noop "$NOOP_ADDR" &
 pids+=($!)
 target/release/warden serve --data-dir "$work/data" --sync full \
   --hashes-addr "$HASHES_ADDR" --admin-addr "$ADMIN_ADDR" \
-  --registry-addr 127.0.0.1:0 --jobs-addr 127.0.0.1:0 2>"$work/warden.log" &
+  --registry-addr "$REGISTRY_ADDR" --jobs-addr 127.0.0.1:0 2>"$work/warden.log" &
 warden_pid=$!
 pids+=($warden_pid)
 wait_for "http://$NOOP_ADDR/"
@@ -60,6 +66,15 @@ cat >"$work/post_hash.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = "password=angryMonkey"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+LUA
+cat >"$work/heartbeat.lua" <<'LUA'
+-- Heartbeats spread over 10 000 instances: 100 groups of 100.
+local body = '{"zone":"eu-west-1a","version":"1.4.2"}'
+local headers = { ["Content-Type"] = "application/json" }
+request = function()
+  local path = string.format("/group-%d/instance-%d", math.random(0, 99), math.random(0, 99))
+  return wrk.format("POST", path, headers, body)
+end
 LUA
 
 # run NAME URL [wrk args...]: prints "NAME req/s p99" and keeps the numbers.
@@ -80,8 +95,54 @@ echo "wrk -t1 -c$CONNECTIONS -d$DURATION --latency, warden --sync full, $(nproc)
 run noop "http://$NOOP_ADDR/"
 run healthz "http://$ADMIN_ADDR/healthz"
 run post_hash "http://$HASHES_ADDR/hash" -s "$work/post_hash.lua"
+run heartbeat "http://$REGISTRY_ADDR/" -s "$work/heartbeat.lua"
+instances=$(curl -s "http://$REGISTRY_ADDR/group-7" | grep -o '"id"' | wc -l)
+run get_group "http://$REGISTRY_ADDR/group-7"
+echo "  (GET /group-7 lists $instances instances)"
 
 awk '/^VmHWM:/ {printf "warden peak RSS: %.1f MB\n", $2 / 1024}' "/proc/$warden_pid/status"
-awk -v hash="${rate[post_hash]}" -v noop="${rate[noop]}" \
-  'BEGIN {printf "POST /hash / no-op: %.2fx\n", hash / noop}'
+for name in post_hash heartbeat get_group; do
+  awk -v name="$name" -v rate="${rate[$name]}" -v noop="${rate[noop]}" \
+    'BEGIN {printf "%s / no-op: %.2fx\n", name, rate / noop}'
+done
 echo "hashes stored: $(curl -s "http://$HASHES_ADDR/stats")"
+
+# seed DIR N UPDATED_MS: N instances, 1 000 groups, last heartbeat at UPDATED_MS, written
+# straight into a migrated database (warden must not be running on DIR).
+seed() {
+  target/release/warden migrate --data-dir "$1" 2>/dev/null
+  sqlite3 "$1/warden.db" "
+    WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $2)
+    INSERT INTO instances (group_name, id, created_at_ms, updated_at_ms, meta)
+    SELECT 'group-' || (i % 1000), 'instance-' || i, $3, $3, '{\"zone\":\"a\"}' FROM n;"
+}
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# serve_seeded DIR REGISTRY_ADDR ADMIN_ADDR [FLAGS]: a second warden on a seeded dir.
+serve_seeded() {
+  local dir=$1 registry=$2 admin=$3
+  shift 3
+  target/release/warden serve --data-dir "$dir" --no-hashes --registry-addr "$registry" \
+    --admin-addr "$admin" --jobs-addr 127.0.0.1:0 --log-format json "$@" 2>>"$work/seeded.log" &
+  pids+=($!)
+  wait_for "http://$admin/healthz"
+}
+
+echo
+echo "GET / over 100 000 live instances in 1 000 groups (wrk -t1 -c1 -d$DURATION):"
+seed "$work/listing" 100000 "$(now_ms)"
+serve_seeded "$work/listing" 127.0.0.1:18181 127.0.0.1:19191 --instance-ttl 1h
+groups=$(curl -s http://127.0.0.1:18181/ | grep -o '"group"' | wc -l)
+wrk -t1 -c1 -d"$DURATION" --latency http://127.0.0.1:18181/ >"$work/list.txt"
+awk -v groups="$groups" '/^    Latency/ {printf "  %d groups listed; mean %s, max %s", groups, $2, $4}
+  $1 == "99%" {printf ", p99 %s\n", $2}' "$work/list.txt"
+
+echo "heartbeats while the purge deletes 100 000 expired rows (wrk -t1 -c$CONNECTIONS -d5s):"
+seed "$work/purge" 100000 $(( $(now_ms) - 3600000 ))
+serve_seeded "$work/purge" 127.0.0.1:18281 127.0.0.1:19291 --purge-every 1s
+wrk -t1 -c"$CONNECTIONS" -d5s --latency -s "$work/heartbeat.lua" http://127.0.0.1:18281/ >"$work/purge.txt"
+left=$(sqlite3 "$work/purge/warden.db" "SELECT count(*) FROM instances WHERE updated_at_ms < $(( $(now_ms) - 600000 ))")
+awk '/^Requests\/sec:/ {rate = $2} /^    Latency/ {max = $4} $1 == "99%" {p99 = $2}
+  END {printf "  %s heartbeats/s, p99 %s, worst %s\n", rate, p99, max}' "$work/purge.txt"
+grep -o '"purged":[0-9]*' "$work/seeded.log" | awk -F: '{sum += $2} END {printf "  purged %d expired rows during the run", sum}'
+echo "; $left still to purge"

@@ -38,16 +38,6 @@ pub struct Registered {
     pub created: bool,
 }
 
-/// One group of `GET /`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GroupSummary {
-    pub group: String,
-    pub instances: i64,
-    pub created_at: i64,
-    pub last_updated_at: i64,
-}
-
 struct InstanceRow {
     group_name: String,
     id: String,
@@ -225,46 +215,50 @@ pub async fn find(
     .transpose()
 }
 
-/// The live instances of `group`, by id.
-pub async fn list_group(
+/// The live instances of `group` by id, as a JSON array ready to send.
+///
+/// SQLite builds the JSON: one row crosses from SQLite's thread instead of one per instance.
+pub async fn list_group_json(
     reads: &SqlitePool,
     group: &str,
     live_after: i64,
-) -> Result<Vec<Instance>, sqlx::Error> {
-    sqlx::query_as!(
-        InstanceRow,
-        "SELECT group_name, id, created_at_ms, updated_at_ms, meta
-         FROM instances
-         WHERE group_name = ?1 AND updated_at_ms > ?2
-         ORDER BY id",
+) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT json_group_array(
+                      json_object('id', id, 'group', group_name, 'createdAt', created_at_ms,
+                                  'updatedAt', updated_at_ms, 'meta', json(meta))
+                      ORDER BY id
+                  ) AS "instances!: String"
+           FROM instances
+           WHERE group_name = ?1 AND updated_at_ms > ?2"#,
         group,
         live_after
     )
-    .fetch_all(reads)
-    .await?
-    .into_iter()
-    .map(Instance::try_from)
-    .collect()
+    .fetch_one(reads)
+    .await
 }
 
-/// Every group with a live instance, by name.
-pub async fn list_groups(
-    reads: &SqlitePool,
-    live_after: i64,
-) -> Result<Vec<GroupSummary>, sqlx::Error> {
-    sqlx::query_as!(
-        GroupSummary,
-        r#"SELECT group_name AS "group!: String",
-                  count(*) AS "instances!: i64",
-                  min(created_at_ms) AS "created_at!: i64",
-                  max(updated_at_ms) AS "last_updated_at!: i64"
-           FROM instances
-           WHERE updated_at_ms > ?1
-           GROUP BY group_name
-           ORDER BY group_name"#,
+/// Every group with a live instance, by name, as a JSON array ready to send: one scan in
+/// key order, already grouped.
+pub async fn list_groups_json(reads: &SqlitePool, live_after: i64) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT json_group_array(
+                      json_object('group', group_name, 'instances', instances,
+                                  'createdAt', created_at_ms, 'lastUpdatedAt', last_updated_at_ms)
+                      ORDER BY group_name
+                  ) AS "groups!: String"
+           FROM (
+               SELECT group_name,
+                      count(*) AS instances,
+                      min(created_at_ms) AS created_at_ms,
+                      max(updated_at_ms) AS last_updated_at_ms
+               FROM instances
+               WHERE updated_at_ms > ?1
+               GROUP BY group_name
+           )"#,
         live_after
     )
-    .fetch_all(reads)
+    .fetch_one(reads)
     .await
 }
 
@@ -283,27 +277,61 @@ pub async fn delete(
     .await
 }
 
-/// Deletes up to `limit` instances whose last heartbeat is at or before `live_after`, oldest
-/// first; returns how many it deleted.
-pub async fn delete_expired(
+/// Where a purge pass has got to: the last key it examined (exclusive start of the next).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeCursor {
+    pub group: String,
+    pub id: String,
+}
+
+/// One bounded step of a purge pass: examines up to `chunk` instances after `cursor` in key
+/// order, deletes those whose last heartbeat is at or before `live_after`, and returns how
+/// many it deleted and where the next step starts (`None` when the pass is complete).
+pub async fn purge_step(
     conn: &mut SqliteConnection,
+    cursor: &PurgeCursor,
     live_after: i64,
-    limit: i64,
-) -> Result<u64, sqlx::Error> {
-    let deleted = sqlx::query!(
-        "DELETE FROM instances
-         WHERE (group_name, id) IN (
-             SELECT group_name, id FROM instances
-             WHERE updated_at_ms <= ?1
-             ORDER BY updated_at_ms
-             LIMIT ?2
-         )",
-        live_after,
-        limit
+    chunk: i64,
+) -> Result<(u64, Option<PurgeCursor>), sqlx::Error> {
+    let offset = chunk - 1;
+    let end = sqlx::query_as!(
+        PurgeCursor,
+        r#"SELECT group_name AS "group!: String", id AS "id!: String"
+           FROM instances
+           WHERE (group_name, id) > (?1, ?2)
+           ORDER BY group_name, id
+           LIMIT 1 OFFSET ?3"#,
+        cursor.group,
+        cursor.id,
+        offset
     )
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(deleted.rows_affected())
+    let deleted = match &end {
+        Some(end) => sqlx::query!(
+            "DELETE FROM instances
+             WHERE (group_name, id) > (?1, ?2) AND (group_name, id) <= (?3, ?4)
+               AND updated_at_ms <= ?5",
+            cursor.group,
+            cursor.id,
+            end.group,
+            end.id,
+            live_after
+        )
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        None => sqlx::query!(
+            "DELETE FROM instances WHERE (group_name, id) > (?1, ?2) AND updated_at_ms <= ?3",
+            cursor.group,
+            cursor.id,
+            live_after
+        )
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+    };
+    Ok((deleted, end))
 }
 
 /// Records that the registry is running at `now_ms`.
