@@ -165,6 +165,70 @@ async fn kill_9_loses_no_acknowledged_hash_or_stat() {
 }
 
 #[tokio::test]
+async fn kill_9_loses_no_acknowledged_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut warden = WardenProcess::start(dir.path(), &["--instance-ttl", "1h"]).await;
+    let client = reqwest::Client::new();
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, i64)>::new()));
+    let clients: Vec<_> = (0..8)
+        .map(|worker| {
+            let client = client.clone();
+            let registry = warden.registry.clone();
+            let acknowledged = acknowledged.clone();
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let path = format!("/fleet-{worker}/node-{}", n % 50);
+                    let Ok(response) = client
+                        .post(format!("{registry}{path}"))
+                        .body(format!(r#"{{"n":{n}}}"#))
+                        .send()
+                        .await
+                    else {
+                        return;
+                    };
+                    let Ok(instance) = response.json::<serde_json::Value>().await else {
+                        return;
+                    };
+                    let updated = instance["updatedAt"].as_i64().unwrap();
+                    acknowledged.lock().unwrap().push((path, updated));
+                }
+            })
+        })
+        .collect();
+    while acknowledged.lock().unwrap().len() < 300 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    warden.signal("KILL").await;
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(warden.exit_code().await, None, "killed by a signal");
+
+    // Every acknowledged heartbeat is there: each instance's stored updatedAt is at least
+    // the latest one acknowledged for it.
+    let mut latest = std::collections::HashMap::new();
+    for (path, updated) in acknowledged.lock().unwrap().iter() {
+        let entry = latest.entry(path.clone()).or_insert(*updated);
+        *entry = (*entry).max(*updated);
+    }
+    let warden = WardenProcess::start(dir.path(), &["--instance-ttl", "1h"]).await;
+    for (path, updated) in latest {
+        let stored: serde_json::Value = client
+            .get(format!("{}{path}", warden.registry))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            stored["updatedAt"].as_i64().unwrap() >= updated,
+            "{path}: acknowledged {updated}, stored {stored}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_second_serve_on_the_same_data_dir_exits_at_once_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = WardenProcess::start(dir.path(), &[]).await;

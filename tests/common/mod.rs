@@ -166,6 +166,7 @@ pub fn warden_binary() -> PathBuf {
 pub struct WardenProcess {
     pub child: Child,
     pub hashes: String,
+    pub registry: String,
     pub admin: String,
     /// Every stderr line so far, kept by a background reader so the pipe never fills.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -187,10 +188,11 @@ impl WardenProcess {
             .spawn()
             .expect("warden starts");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
-        let (mut hashes, mut admin) = (None, None);
+        let mut urls = std::collections::HashMap::new();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        // The admin listener is announced last, after every service.
         let read = async {
-            while hashes.is_none() || admin.is_none() {
+            while !urls.contains_key("admin") {
                 let line = lines
                     .next_line()
                     .await
@@ -202,11 +204,7 @@ impl WardenProcess {
                 };
                 if event["message"] == "listening" {
                     let url = format!("http://{}", event["addr"].as_str().unwrap());
-                    match event["service"].as_str() {
-                        Some("hashes") => hashes = Some(url),
-                        Some("admin") => admin = Some(url),
-                        _ => {}
-                    }
+                    urls.insert(event["service"].as_str().unwrap().to_owned(), url);
                 }
             }
         };
@@ -219,10 +217,12 @@ impl WardenProcess {
                 kept.lock().unwrap().push(line);
             }
         });
+        let url = |service: &str| urls.get(service).cloned().unwrap_or_default();
         Self {
             child,
-            hashes: hashes.unwrap(),
-            admin: admin.unwrap(),
+            hashes: url("hashes"),
+            registry: url("registry"),
+            admin: url("admin"),
             log,
         }
     }
