@@ -1,11 +1,14 @@
-//! The `warden` command line: `serve` and `migrate`, logging, and exit codes.
+//! The `warden` command line: `serve`, `migrate`, `token issue`, the clients `jobs …`,
+//! `hash` and `stats`; logging; exit codes.
 //!
-//! Exit codes: 0 for a clean run (including a drained shutdown), 2 for a bad setting or
-//! usage (one line naming the setting), 1 for any other failure (data directory locked,
-//! database unusable, address in use, drain timed out).
+//! Exit codes: 0 for success (including a drained shutdown), 2 for a bad setting or usage
+//! (one line naming the setting), 1 for any other failure (data directory locked, database
+//! unusable, address in use, drain timed out, server unreachable or saying no).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
@@ -15,8 +18,13 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, fmt};
 
+use serde_json::Value;
+
+use crate::clock::Clock;
 use crate::config::{Config, LogFormat, SyncMode};
 use crate::db::{Database, lock_data_dir};
+use crate::jobs::client::{ClientError, JobsClient};
+use crate::security::tokens::{Role, TokenKeys, valid_user};
 use crate::supervisor;
 
 /// warden: delayed password hashes, heartbeat discovery and remote jobs, in one SQLite file.
@@ -33,6 +41,95 @@ enum Command {
     Serve(Box<Config>),
     /// Create the database if needed, apply pending migrations, and exit.
     Migrate(MigrateArgs),
+    /// Bearer tokens for the job runner.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Start, list, inspect, stop and follow jobs on a warden server.
+    Jobs(JobsArgs),
+    /// Hash a password with the hash service; prints its id (reads stdin without PASSWORD).
+    Hash {
+        /// The password; omit it to read one line from stdin (keeps it out of `ps`).
+        password: Option<String>,
+        /// The hash service.
+        #[arg(
+            long,
+            env = "WARDEN_HASHES_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        url: String,
+    },
+    /// Print the hash service's stats.
+    Stats {
+        /// The hash service.
+        #[arg(
+            long,
+            env = "WARDEN_HASHES_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Print a new bearer token on stdout (reads the signing key from the data dir).
+    Issue {
+        /// Who the token names (1 to 64 of A-Z a-z 0-9 . _ @ -).
+        #[arg(long)]
+        user: String,
+        /// `user` sees and stops only its own jobs; `admin` all.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// How long the token is valid.
+        #[arg(long, default_value = "30d", value_parser = crate::config::parse_duration)]
+        ttl: Duration,
+        /// Directory of the database whose key signs the token.
+        #[arg(long, env = "WARDEN_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct JobsArgs {
+    /// The jobs listener.
+    #[arg(long, env = "WARDEN_URL", default_value = "http://127.0.0.1:8443")]
+    url: String,
+    /// The bearer token (see `warden token issue`).
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    action: JobsAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsAction {
+    /// Queue a job: `warden jobs start [--name N] -- CMD ARGS…`; prints it.
+    Start {
+        /// A name to recognise the job by.
+        #[arg(long)]
+        name: Option<String>,
+        /// The program and its arguments, run directly (never through a shell).
+        #[arg(last = true, required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+    /// List the jobs you may see, newest first.
+    List {
+        /// Only jobs in this status.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Print one job.
+    Status { id: String },
+    /// Stop a job (SIGTERM, then SIGKILL after the grace); prints it once ended.
+    Stop { id: String },
+    /// Print a job's output; with -f, follow it until the job ends.
+    Logs {
+        id: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -61,7 +158,162 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(config) => runtime.block_on(serve(*config)),
         Command::Migrate(args) => runtime.block_on(migrate(&args.data_dir)),
+        Command::Token {
+            action:
+                TokenAction::Issue {
+                    user,
+                    role,
+                    ttl,
+                    data_dir,
+                },
+        } => runtime.block_on(issue_token(&user, role, ttl, &data_dir)),
+        Command::Jobs(args) => finish(runtime.block_on(jobs(args))),
+        Command::Hash { password, url } => finish(runtime.block_on(hash(password, &url))),
+        Command::Stats { url } => finish(runtime.block_on(stats(&url))),
     }
+}
+
+/// Exit code and one line on stderr for a client command's outcome.
+fn finish(outcome: Result<(), ClientError>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("warden: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn issue_token(user: &str, role: Role, ttl: Duration, data_dir: &Path) -> ExitCode {
+    if !valid_user(user) {
+        eprintln!("warden: invalid --user: use 1 to 64 of A-Z a-z 0-9 . _ @ -");
+        return ExitCode::from(2);
+    }
+    let issued = async {
+        let db = Database::open(data_dir, SyncMode::Full)
+            .await
+            .map_err(|error| {
+                format!(
+                    "cannot open the database in {}: {error}",
+                    data_dir.display()
+                )
+            })?;
+        let keys = TokenKeys::load_or_create(&db, Clock::System.now_ms())
+            .await
+            .map_err(|fault| format!("cannot read the token key: {fault}"))?;
+        db.close().await;
+        keys.issue(user, role, ttl)
+            .map_err(|error| error.to_string())
+    };
+    match issued.await {
+        Ok(token) => match writeln!(std::io::stdout().lock(), "{token}") {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        },
+        Err(message) => {
+            eprintln!("warden: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn jobs(args: JobsArgs) -> Result<(), ClientError> {
+    let client = JobsClient::new(&args.url, args.token)?;
+    let mut stdout = std::io::stdout().lock();
+    match args.action {
+        JobsAction::Start { name, command } => {
+            // clap requires at least one word after `--`.
+            let (program, rest) = command
+                .split_first()
+                .map_or(("", &[][..]), |(program, rest)| (program.as_str(), rest));
+            let job = client.start(name.as_deref(), program, rest).await?;
+            print_json(&mut stdout, &job)
+        }
+        JobsAction::List { status } => {
+            let jobs = client.list(status.as_deref()).await?;
+            for job in jobs.as_array().into_iter().flatten() {
+                let args: Vec<&str> = job["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                writeln!(
+                    stdout,
+                    "{}  {:<11}  {:<12}  {} {}",
+                    job["id"].as_str().unwrap_or("?"),
+                    job["status"].as_str().unwrap_or("?"),
+                    job["owner"].as_str().unwrap_or("?"),
+                    job["command"].as_str().unwrap_or("?"),
+                    args.join(" ")
+                )?;
+            }
+            Ok(())
+        }
+        JobsAction::Status { id } => print_json(&mut stdout, &client.status(&id).await?),
+        JobsAction::Stop { id } => print_json(&mut stdout, &client.stop(&id).await?),
+        JobsAction::Logs { id, follow } => client.logs(&id, follow, &mut stdout).await,
+    }
+}
+
+async fn hash(password: Option<String>, url: &str) -> Result<(), ClientError> {
+    let password = match password {
+        Some(password) => password,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    let response = reqwest::Client::new()
+        .post(format!("{}/hash", url.trim_end_matches('/')))
+        .form(&[("password", &password)])
+        .send()
+        .await;
+    let id = answer_text(url, response).await?;
+    writeln!(std::io::stdout().lock(), "{id}")?;
+    Ok(())
+}
+
+async fn stats(url: &str) -> Result<(), ClientError> {
+    let response = reqwest::get(format!("{}/stats", url.trim_end_matches('/'))).await;
+    let stats = answer_text(url, response).await?;
+    writeln!(std::io::stdout().lock(), "{stats}")?;
+    Ok(())
+}
+
+/// The body of a successful answer, or the one-line reason it failed.
+async fn answer_text(
+    url: &str,
+    response: reqwest::Result<reqwest::Response>,
+) -> Result<String, ClientError> {
+    let response = response.map_err(|error| ClientError::Unreachable {
+        url: url.to_owned(),
+        reason: crate::jobs::client::root_cause(&error),
+    })?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|error| ClientError::BadAnswer(error.to_string()))?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|body| body["error"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        return Err(ClientError::Refused {
+            status: status.as_u16(),
+            message,
+        });
+    }
+    Ok(text)
+}
+
+fn print_json(out: &mut impl Write, value: &Value) -> Result<(), ClientError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|error| ClientError::BadAnswer(error.to_string()))?;
+    writeln!(out, "{text}")?;
+    Ok(())
 }
 
 async fn serve(config: Config) -> ExitCode {

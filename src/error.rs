@@ -23,6 +23,9 @@ pub enum Error {
     /// 400: the request is malformed; the message says how.
     #[error("{0}")]
     BadRequest(String),
+    /// 401: no valid credential; answered with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
     /// 403: the caller may not do this.
     #[error("{0}")]
     Forbidden(String),
@@ -32,6 +35,9 @@ pub enum Error {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// 409: the request conflicts with the resource's state.
+    #[error("{0}")]
+    Conflict(String),
     /// 413: the body is over the route's limit.
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -61,6 +67,8 @@ impl Error {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -99,6 +107,11 @@ impl IntoResponse for Error {
             other => other.to_string(),
         };
         let mut response = (status, Json(ErrorBody { error: &message })).into_response();
+        if matches!(self, Self::Unauthorized(_)) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(after) = self.retry_after() {
             // Retry-After is in whole seconds; round up so a client never comes back early.
             let seconds = after.as_millis().div_ceil(1000).max(1);

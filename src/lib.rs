@@ -25,5 +25,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod hashes;
+pub mod jobs;
 pub mod registry;
+pub mod security;
 pub mod supervisor;

@@ -26,8 +26,9 @@ use tracing::Span;
 use crate::admin::{self, Admin, ServiceBoard, ServiceState};
 use crate::config::Config;
 use crate::db::{DataDirLock, Database, LockError, lock_data_dir};
-use crate::error::{Error, fill_empty_error_bodies};
+use crate::error::{Error, StorageFault, fill_empty_error_bodies};
 use crate::hashes::{self, Hashes};
+use crate::jobs::{self, Jobs, RunnerSettings};
 use crate::registry::{self, Registry};
 
 /// How long the database gets to close after a drain that timed out.
@@ -45,6 +46,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Registry(#[from] registry::StartError),
+    #[error("cannot start the job runner: {0}")]
+    Jobs(StorageFault),
     #[error("cannot listen for {service} on {addr}: {source}")]
     Bind {
         service: &'static str,
@@ -142,6 +145,27 @@ impl App {
             });
         }
 
+        if !config.no_jobs {
+            let listener = bind("jobs", config.jobs_addr).await?;
+            let settings = RunnerSettings {
+                workers: config.job_workers(),
+                stop_grace: config.job_stop_grace,
+                output_limit: config.job_output_limit,
+            };
+            let state = Jobs::start(&db, &tasks, &shutdown, config.clock.clone(), settings)
+                .await
+                .map_err(StartError::Jobs)?;
+            let router = jobs::router(state).layer(middleware::from_fn_with_state(
+                shutdown.clone(),
+                refuse_when_draining,
+            ));
+            services.push(BoundService {
+                name: "jobs",
+                listener,
+                router: with_common_layers(router, "jobs"),
+            });
+        }
+
         let admin = Admin {
             started: Instant::now(),
             services: ServiceBoard::default(),
@@ -169,6 +193,11 @@ impl App {
     /// The bound address of the registry, if it is enabled.
     pub fn registry_addr(&self) -> Option<SocketAddr> {
         self.local_addr("registry")
+    }
+
+    /// The bound address of the job runner, if it is enabled.
+    pub fn jobs_addr(&self) -> Option<SocketAddr> {
+        self.local_addr("jobs")
     }
 
     /// The bound address of the admin listener.

@@ -1,0 +1,152 @@
+//! The HTTP client behind `warden jobs …`: one call per route, with the server's own error
+//! message carried back in one line.
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+/// Why a call did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the server answered {status}: {message}")]
+    Refused { status: u16, message: String },
+    #[error("the server's answer could not be read: {0}")]
+    BadAnswer(String),
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// A client of one warden jobs listener.
+#[derive(Debug, Clone)]
+pub struct JobsClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl JobsClient {
+    /// A client of the jobs listener at `base` (e.g. `http://127.0.0.1:8443`), sending
+    /// `token` as the bearer token if given.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let http =
+            reqwest::Client::builder()
+                .build()
+                .map_err(|error| ClientError::Unreachable {
+                    url: base.to_owned(),
+                    reason: error.to_string(),
+                })?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// `POST /jobs`.
+    pub async fn start(
+        &self,
+        name: Option<&str>,
+        command: &str,
+        args: &[String],
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({ "command": command, "args": args });
+        if let Some(name) = name {
+            body["name"] = json!(name);
+        }
+        let request = self.http.post(self.url("/jobs")).json(&body);
+        json_of(self.send(request).await?).await
+    }
+
+    /// `GET /jobs[?status=S]`.
+    pub async fn list(&self, status: Option<&str>) -> Result<Value, ClientError> {
+        let mut request = self.http.get(self.url("/jobs"));
+        if let Some(status) = status {
+            request = request.query(&[("status", status)]);
+        }
+        json_of(self.send(request).await?).await
+    }
+
+    /// `GET /jobs/{id}`.
+    pub async fn status(&self, id: &str) -> Result<Value, ClientError> {
+        let request = self.http.get(self.url(&format!("/jobs/{id}")));
+        json_of(self.send(request).await?).await
+    }
+
+    /// `POST /jobs/{id}/stop`.
+    pub async fn stop(&self, id: &str) -> Result<Value, ClientError> {
+        let request = self.http.post(self.url(&format!("/jobs/{id}/stop")));
+        json_of(self.send(request).await?).await
+    }
+
+    /// `GET /jobs/{id}/output[?follow=true]`, written to `out` as the bytes come.
+    pub async fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        out: &mut impl Write,
+    ) -> Result<(), ClientError> {
+        let mut request = self.http.get(self.url(&format!("/jobs/{id}/output")));
+        if follow {
+            request = request.query(&[("follow", "true")]);
+        }
+        let mut response = self.send(request).await?;
+        while let Some(bytes) = response
+            .chunk()
+            .await
+            .map_err(|error| ClientError::BadAnswer(error.to_string()))?
+        {
+            out.write_all(&bytes)?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(
+        &self,
+        mut request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: root_cause(&error),
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let message = response
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|body| body["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "no reason given".to_owned());
+        Err(ClientError::Refused { status, message })
+    }
+}
+
+async fn json_of(response: reqwest::Response) -> Result<Value, ClientError> {
+    response
+        .json()
+        .await
+        .map_err(|error| ClientError::BadAnswer(error.to_string()))
+}
+
+/// The innermost cause of an error, which says what actually went wrong in one line.
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}

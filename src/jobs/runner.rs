@@ -1,0 +1,497 @@
+//! The runner: workers claim queued jobs, run each program directly (never through a shell)
+//! in a process group of its own, capture its output through the group-commit writer, and
+//! stop it on request or at shutdown.
+//!
+//! Invariants: a job is claimed by one guarded `UPDATE` (no job runs twice); no lock or
+//! transaction is held while waiting for a process; a follower is woken by a watch channel
+//! when output is committed, never by polling; whatever a job leaves behind in its process
+//! group is killed when it ends.
+
+use std::collections::HashMap;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::process::{Child, Command};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::store::{self, AppendOutput, Ending, JobRow, OutputChunk};
+use crate::clock::Clock;
+use crate::db::{Database, Writer};
+use crate::error::StorageFault;
+
+/// How much output one chunk holds at most.
+const CHUNK: usize = 64 * 1024;
+/// How many chunks of one job may wait for their commit at once (bounds memory per job).
+const IN_FLIGHT: usize = 16;
+/// How long output may keep coming after the job's process has ended (a process that left
+/// the group can hold a pipe open forever).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+
+/// What followers of a job know: how much output is committed, and whether it has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub committed: i64,
+    pub finished: bool,
+}
+
+/// A job that is running, or that someone waits on.
+struct LiveJob {
+    progress: watch::Sender<Progress>,
+    stop: CancellationToken,
+}
+
+/// Runs jobs; clone freely.
+#[derive(Clone)]
+pub struct Runner {
+    db: Database,
+    writer: Writer<AppendOutput>,
+    clock: Clock,
+    queue: Arc<Notify>,
+    live: Arc<Mutex<HashMap<i64, LiveJob>>>,
+    stop_grace: Duration,
+    output_limit: u64,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").finish_non_exhaustive()
+    }
+}
+
+/// The runner's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerSettings {
+    pub workers: usize,
+    pub stop_grace: Duration,
+    pub output_limit: u64,
+}
+
+impl Runner {
+    /// Recovers from a previous run (its `running` jobs become `interrupted`, their leftover
+    /// processes are killed), then starts the workers; they stop at `shutdown`, stopping
+    /// their jobs with the grace and leaving queued jobs queued.
+    pub async fn start(
+        db: &Database,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+        clock: Clock,
+        settings: RunnerSettings,
+    ) -> Result<Self, StorageFault> {
+        let runner = Self {
+            db: db.clone(),
+            writer: db.writer(AppendOutput, tasks),
+            clock,
+            queue: Arc::new(Notify::new()),
+            live: Arc::default(),
+            stop_grace: settings.stop_grace,
+            output_limit: settings.output_limit,
+        };
+        runner.recover().await?;
+        for _ in 0..settings.workers.max(1) {
+            tasks.spawn(runner.clone().work(shutdown.clone()));
+        }
+        Ok(runner)
+    }
+
+    /// Wakes idle workers: a job was queued.
+    pub fn wake(&self) {
+        self.queue.notify_waiters();
+    }
+
+    /// Follows job `seq`'s progress. Call before reading the job's state, then read it: an
+    /// update after the read always wakes the receiver.
+    pub fn watch(&self, seq: i64) -> watch::Receiver<Progress> {
+        self.live_job(seq, |job| job.progress.subscribe())
+    }
+
+    /// Drops the entry for a job that has ended, if nobody else waits on it.
+    pub fn forget_if_idle(&self, seq: i64) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if live
+            .get(&seq)
+            .is_some_and(|job| job.progress.receiver_count() <= 1 && !job.stop.is_cancelled())
+        {
+            live.remove(&seq);
+        }
+    }
+
+    /// Asks running job `seq` to stop: SIGTERM to its group, SIGKILL after the grace.
+    pub fn stop(&self, seq: i64) {
+        self.live_job(seq, |job| job.stop.cancel());
+    }
+
+    /// The stop grace.
+    pub fn stop_grace(&self) -> Duration {
+        self.stop_grace
+    }
+
+    fn live_job<T>(&self, seq: i64, with: impl FnOnce(&LiveJob) -> T) -> T {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let job = live.entry(seq).or_insert_with(|| LiveJob {
+            progress: watch::Sender::new(Progress::default()),
+            stop: CancellationToken::new(),
+        });
+        with(job)
+    }
+
+    async fn recover(&self) -> Result<(), StorageFault> {
+        let leftovers = {
+            let mut conn = self.db.write_connection().await?;
+            store::interrupt_running(&mut conn, self.clock.now_ms())
+                .await
+                .map_err(|error| StorageFault::of(&error))?
+        };
+        let boot_id = current_boot_id();
+        for leftover in leftovers {
+            let Some(pid) = leftover.pid.and_then(|pid| i32::try_from(pid).ok()) else {
+                continue;
+            };
+            if leftover.pid_boot_id.is_none() || leftover.pid_boot_id != boot_id {
+                continue; // the machine rebooted since: that process is long gone
+            }
+            // If the group leader still exists it must be the same process (same start
+            // time); if it is gone, its group id cannot have been reused while members of
+            // the old group remain, so killing the group can only reach what the job left.
+            let started = process_start_ticks(pid);
+            if started.is_some() && started != leftover.pid_start_ticks {
+                continue;
+            }
+            if killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                tracing::warn!(
+                    pid,
+                    "killed the process group of a job interrupted by a crash"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn work(self, shutdown: CancellationToken) {
+        loop {
+            let woken = self.queue.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let claimed = match self.db.write_connection().await {
+                Ok(mut conn) => store::claim_next(&mut conn, self.clock.now_ms())
+                    .await
+                    .map_err(|error| StorageFault::of(&error)),
+                Err(fault) => Err(fault),
+            };
+            match claimed {
+                Ok(Some(job)) => self.run(job, &shutdown).await,
+                Ok(None) => tokio::select! {
+                    () = &mut woken => {}
+                    () = shutdown.cancelled() => return,
+                },
+                Err(fault) => {
+                    tracing::error!(%fault, "a job worker could not claim a job; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run(&self, job: JobRow, shutdown: &CancellationToken) {
+        let (progress, stop) =
+            self.live_job(job.seq, |live| (live.progress.clone(), live.stop.clone()));
+        let ending = self.execute(&job, &progress, &stop, shutdown).await;
+        let finished = match self.db.write_connection().await {
+            Ok(mut conn) => store::finish(&mut conn, job.seq, &ending, self.clock.now_ms())
+                .await
+                .map_err(|error| StorageFault::of(&error)),
+            Err(fault) => Err(fault),
+        };
+        if let Err(fault) = finished {
+            // The next start marks it interrupted; nothing else can be done now.
+            tracing::error!(%fault, job = %job.id, "could not record how a job ended");
+        }
+        progress.send_modify(|progress| progress.finished = true);
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&job.seq);
+        tracing::info!(job = %job.id, status = ending.status, "job ended");
+    }
+
+    /// Runs the job's process to its end and captures its output; returns how it ended.
+    async fn execute(
+        &self,
+        job: &JobRow,
+        progress: &watch::Sender<Progress>,
+        stop: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Ending {
+        let args: Vec<String> = serde_json::from_str(&job.args).unwrap_or_default();
+        let spawned = Command::new(&job.command)
+            .args(&args)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(error) => {
+                return Ending {
+                    status: "failed",
+                    exit_code: None,
+                    signal: None,
+                    error: Some(format!("cannot start {:?}: {error}", job.command)),
+                    truncated: false,
+                };
+            }
+        };
+        let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) else {
+            return Ending {
+                status: "failed",
+                exit_code: None,
+                signal: None,
+                error: Some("the process ended before it could be tracked".into()),
+                truncated: false,
+            };
+        };
+        self.record_process(job.seq, pid).await;
+
+        let output = tokio::spawn(pump_output(
+            child.stdout.take(),
+            child.stderr.take(),
+            job.seq,
+            self.writer.clone(),
+            progress.clone(),
+            self.output_limit,
+        ));
+        let (status, cut_short) = tokio::select! {
+            status = child.wait() => (status, None),
+            () = stop.cancelled() => (self.terminate(pid, &mut child).await, Some("stopped")),
+            () = shutdown.cancelled() => (self.terminate(pid, &mut child).await, Some("interrupted")),
+        };
+        // Whatever the job left running in its group goes with it.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let truncated = match tokio::time::timeout(OUTPUT_DRAIN, output).await {
+            Ok(Ok(summary)) => summary.truncated,
+            _ => {
+                tracing::warn!(job = %job.id, "output did not end with the job; it was cut");
+                false
+            }
+        };
+        ending(&status, cut_short, truncated)
+    }
+
+    /// SIGTERM to the group, SIGKILL after the grace; returns the exit status.
+    async fn terminate(&self, pid: i32, child: &mut Child) -> std::io::Result<ExitStatus> {
+        let group = Pid::from_raw(pid);
+        let _ = killpg(group, Signal::SIGTERM);
+        match tokio::time::timeout(self.stop_grace, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                let _ = killpg(group, Signal::SIGKILL);
+                child.wait().await
+            }
+        }
+    }
+
+    async fn record_process(&self, seq: i64, pid: i32) {
+        let boot_id = current_boot_id();
+        let start_ticks = process_start_ticks(pid);
+        let recorded = match self.db.write_connection().await {
+            Ok(mut conn) => store::record_process(
+                &mut conn,
+                seq,
+                i64::from(pid),
+                boot_id.as_deref(),
+                start_ticks,
+            )
+            .await
+            .map_err(|error| StorageFault::of(&error)),
+            Err(fault) => Err(fault),
+        };
+        if let Err(fault) = recorded {
+            tracing::warn!(%fault, pid, "could not record a job's process");
+        }
+    }
+}
+
+/// How a job ended, from its exit status and whether it was cut short.
+fn ending(
+    status: &std::io::Result<ExitStatus>,
+    cut_short: Option<&'static str>,
+    truncated: bool,
+) -> Ending {
+    use std::os::unix::process::ExitStatusExt as _;
+    let (exit_code, signal, wait_error) = match status {
+        Ok(status) => (
+            status.code().map(i64::from),
+            status.signal().map(i64::from),
+            None,
+        ),
+        Err(error) => (
+            None,
+            None,
+            Some(format!("cannot wait for the process: {error}")),
+        ),
+    };
+    let (status, error) = match cut_short {
+        Some("stopped") => ("stopped", None),
+        Some(_) => (
+            "interrupted",
+            Some("warden shut down while the job was running".to_owned()),
+        ),
+        None if exit_code == Some(0) => ("succeeded", None),
+        None => (
+            "failed",
+            wait_error.or_else(|| signal.map(|signal| format!("killed by signal {signal}"))),
+        ),
+    };
+    Ending {
+        status,
+        exit_code,
+        signal,
+        error,
+        truncated,
+    }
+}
+
+/// What the output pump saw.
+struct OutputSummary {
+    truncated: bool,
+}
+
+/// Reads stdout and stderr as they come, in arrival order, coalesces them into chunks and
+/// sends them through the writer, several in flight; each commit moves `progress` on. Bytes
+/// past `limit` are read (so the job never blocks on a full pipe) and dropped.
+async fn pump_output(
+    stdout: Option<impl AsyncRead + Unpin + Send + 'static>,
+    stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
+    job_seq: i64,
+    writer: Writer<AppendOutput>,
+    progress: watch::Sender<Progress>,
+    limit: u64,
+) -> OutputSummary {
+    let (pieces, mut arriving) = mpsc::channel::<Bytes>(IN_FLIGHT);
+    if let Some(stdout) = stdout {
+        tokio::spawn(read_pipe(stdout, pieces.clone()));
+    }
+    if let Some(stderr) = stderr {
+        tokio::spawn(read_pipe(stderr, pieces.clone()));
+    }
+    drop(pieces);
+
+    let mut pending = Vec::with_capacity(CHUNK);
+    let mut accepted: u64 = 0;
+    let mut truncated = false;
+    let mut in_flight = FuturesOrdered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(committed) = in_flight.next(), if !in_flight.is_empty() => {
+                match committed {
+                    Ok(end) => progress.send_modify(|progress: &mut Progress| {
+                        progress.committed = progress.committed.max(end);
+                    }),
+                    Err(fault) => tracing::error!(%fault, "a chunk of job output was lost"),
+                }
+            }
+            piece = arriving.recv(), if open && in_flight.len() < IN_FLIGHT => {
+                let Some(piece) = piece else {
+                    open = false;
+                    continue;
+                };
+                let mut accept = |piece: &Bytes, pending: &mut Vec<u8>| {
+                    let room = usize::try_from(limit.saturating_sub(accepted)).unwrap_or(usize::MAX);
+                    let kept = piece.len().min(room);
+                    truncated |= kept < piece.len();
+                    accepted += kept as u64;
+                    pending.extend_from_slice(&piece[..kept]);
+                };
+                accept(&piece, &mut pending);
+                // Take what else has already arrived, up to a chunk, without waiting.
+                while pending.len() < CHUNK {
+                    match arriving.try_recv() {
+                        Ok(piece) => accept(&piece, &mut pending),
+                        Err(_) => break,
+                    }
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+                let bytes = Bytes::from(std::mem::replace(&mut pending, Vec::with_capacity(CHUNK)));
+                let start_offset = i64::try_from(accepted).unwrap_or(i64::MAX)
+                    - i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+                let end = start_offset + i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+                let writer = writer.clone();
+                in_flight.push_back(async move {
+                    writer
+                        .submit(OutputChunk { job_seq, start_offset, bytes })
+                        .await
+                        .map(|()| end)
+                });
+            }
+        }
+    }
+    OutputSummary { truncated }
+}
+
+async fn read_pipe(mut pipe: impl AsyncRead + Unpin, pieces: mpsc::Sender<Bytes>) {
+    let mut buffer = bytes_buffer();
+    loop {
+        match pipe.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if pieces.send(buffer.split().freeze()).await.is_err() {
+                    return;
+                }
+                if buffer.capacity() < CHUNK / 4 {
+                    buffer = bytes_buffer();
+                }
+            }
+        }
+    }
+}
+
+fn bytes_buffer() -> bytes::BytesMut {
+    bytes::BytesMut::with_capacity(CHUNK)
+}
+
+/// This boot of the kernel, to tell a recorded pid from one reused after a reboot.
+fn current_boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_owned())
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of `/proc/PID/stat`).
+fn process_start_ticks(pid: i32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces; count after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_start_time_is_readable() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert!(process_start_ticks(me).is_some());
+        assert_eq!(process_start_ticks(me), process_start_ticks(me));
+    }
+}

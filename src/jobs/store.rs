@@ -1,0 +1,364 @@
+//! The job runner's SQL: the queue, each job's record, and its output chunks.
+
+use bytes::Bytes;
+use serde::Serialize;
+use sqlx::Connection as _;
+use sqlx::SqlitePool;
+use sqlx::sqlite::SqliteConnection;
+
+use crate::db::Batch;
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub seq: i64,
+    pub id: String,
+    pub name: Option<String>,
+    pub command: String,
+    pub args: String,
+    pub owner: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub output_bytes: i64,
+    pub output_truncated: i64,
+}
+
+impl JobRow {
+    /// Whether the job has ended, one way or another.
+    pub fn is_finished(&self) -> bool {
+        !matches!(self.status.as_str(), "queued" | "running")
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: String,
+    pub name: Option<String>,
+    pub command: String,
+    pub args: Vec<String>,
+    pub owner: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub output_bytes: i64,
+    pub output_truncated: bool,
+}
+
+impl From<JobRow> for Job {
+    fn from(row: JobRow) -> Self {
+        Self {
+            // The args were written by us from a Vec<String>; a hand-edited row shows none.
+            args: serde_json::from_str(&row.args).unwrap_or_default(),
+            id: row.id,
+            name: row.name,
+            command: row.command,
+            owner: row.owner,
+            status: row.status,
+            exit_code: row.exit_code,
+            signal: row.signal,
+            error: row.error,
+            created_at: row.created_at_ms,
+            started_at: row.started_at_ms,
+            finished_at: row.finished_at_ms,
+            output_bytes: row.output_bytes,
+            output_truncated: row.output_truncated != 0,
+        }
+    }
+}
+
+/// Queues a job; returns it as stored.
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    id: &str,
+    name: Option<&str>,
+    command: &str,
+    args: &str,
+    owner: &str,
+    now_ms: i64,
+) -> Result<JobRow, sqlx::Error> {
+    sqlx::query_as!(
+        JobRow,
+        r#"INSERT INTO jobs (id, name, command, args, owner, created_at_ms)
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+           RETURNING seq AS "seq!", id, name, command, args, owner, status, exit_code, signal,
+                     error, created_at_ms, started_at_ms, finished_at_ms, output_bytes,
+                     output_truncated"#,
+        id,
+        name,
+        command,
+        args,
+        owner,
+        now_ms
+    )
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// The job with public id `id`.
+pub async fn find(reads: &SqlitePool, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query_as!(
+        JobRow,
+        r#"SELECT seq AS "seq!", id, name, command, args, owner, status, exit_code, signal,
+                  error, created_at_ms, started_at_ms, finished_at_ms, output_bytes,
+                  output_truncated
+           FROM jobs WHERE id = ?1"#,
+        id
+    )
+    .fetch_optional(reads)
+    .await
+}
+
+/// Jobs newest first, of `owner` only if given, in `status` only if given.
+pub async fn list(
+    reads: &SqlitePool,
+    owner: Option<&str>,
+    status: Option<&str>,
+) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as!(
+        JobRow,
+        r#"SELECT seq AS "seq!", id, name, command, args, owner, status, exit_code, signal,
+                  error, created_at_ms, started_at_ms, finished_at_ms, output_bytes,
+                  output_truncated
+           FROM jobs
+           WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR status = ?2)
+           ORDER BY seq DESC"#,
+        owner,
+        status
+    )
+    .fetch_all(reads)
+    .await
+}
+
+/// Claims the oldest queued job for a worker: one guarded statement, so no job runs twice.
+pub async fn claim_next(
+    conn: &mut SqliteConnection,
+    now_ms: i64,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query_as!(
+        JobRow,
+        r#"UPDATE jobs SET status = 'running', started_at_ms = ?1
+           WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1)
+             AND status = 'queued'
+           RETURNING seq AS "seq!", id, name, command, args, owner, status, exit_code, signal,
+                     error, created_at_ms, started_at_ms, finished_at_ms, output_bytes,
+                     output_truncated"#,
+        now_ms
+    )
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Records the process running job `seq`, so a later warden can recognise it.
+pub async fn record_process(
+    conn: &mut SqliteConnection,
+    seq: i64,
+    pid: i64,
+    boot_id: Option<&str>,
+    start_ticks: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE jobs SET pid = ?2, pid_boot_id = ?3, pid_start_ticks = ?4 WHERE seq = ?1",
+        seq,
+        pid,
+        boot_id,
+        start_ticks
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub struct Ending {
+    pub status: &'static str,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub error: Option<String>,
+    pub truncated: bool,
+}
+
+/// Records that running job `seq` has ended.
+pub async fn finish(
+    conn: &mut SqliteConnection,
+    seq: i64,
+    ending: &Ending,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE jobs
+         SET status = ?2, exit_code = ?3, signal = ?4, error = ?5, finished_at_ms = ?6,
+             output_truncated = ?7, pid = NULL
+         WHERE seq = ?1 AND status = 'running'",
+        seq,
+        ending.status,
+        ending.exit_code,
+        ending.signal,
+        ending.error,
+        now_ms,
+        ending.truncated
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Stops job `seq` if it is still queued; returns whether it was.
+pub async fn stop_queued(
+    conn: &mut SqliteConnection,
+    seq: i64,
+    now_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let stopped = sqlx::query!(
+        "UPDATE jobs
+         SET status = 'stopped', stop_requested_at_ms = ?2, finished_at_ms = ?2
+         WHERE seq = ?1 AND status = 'queued'",
+        seq,
+        now_ms
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(stopped.rows_affected() == 1)
+}
+
+/// Records a stop request for running job `seq` (the first one counts).
+pub async fn request_stop(
+    conn: &mut SqliteConnection,
+    seq: i64,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE jobs SET stop_requested_at_ms = coalesce(stop_requested_at_ms, ?2)
+         WHERE seq = ?1 AND status = 'running'",
+        seq,
+        now_ms
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A process a previous warden left running.
+#[derive(Debug)]
+pub struct Leftover {
+    pub pid: Option<i64>,
+    pub pid_boot_id: Option<String>,
+    pub pid_start_ticks: Option<i64>,
+}
+
+/// Marks every `running` job (its warden died under it) `interrupted`; returns their
+/// processes so the caller can kill what is left of them.
+pub async fn interrupt_running(
+    conn: &mut SqliteConnection,
+    now_ms: i64,
+) -> Result<Vec<Leftover>, sqlx::Error> {
+    sqlx::query_as!(
+        Leftover,
+        "UPDATE jobs
+         SET status = 'interrupted', finished_at_ms = ?1, pid = NULL,
+             error = 'warden stopped while the job was running'
+         WHERE status = 'running'
+         RETURNING pid, pid_boot_id, pid_start_ticks",
+        now_ms
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// A piece of a job's output, at its offset in the whole output.
+#[derive(Debug)]
+pub struct OutputChunk {
+    pub job_seq: i64,
+    pub start_offset: i64,
+    pub bytes: Bytes,
+}
+
+/// The batch that appends output chunks, and moves each job's `output_bytes` on, in one
+/// transaction.
+#[derive(Debug)]
+pub struct AppendOutput;
+
+impl Batch for AppendOutput {
+    type Request = OutputChunk;
+    type Reply = ();
+
+    async fn write(
+        &self,
+        conn: &mut SqliteConnection,
+        requests: &[OutputChunk],
+    ) -> Result<Vec<()>, sqlx::Error> {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        for chunk in requests {
+            let bytes: &[u8] = &chunk.bytes;
+            sqlx::query!(
+                "INSERT INTO job_output (job_seq, start_offset, bytes) VALUES (?1, ?2, ?3)",
+                chunk.job_seq,
+                chunk.start_offset,
+                bytes
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Chunks of one job arrive in order, so the last one of each job ends its output.
+        let mut ends: Vec<(i64, i64)> = Vec::new();
+        for chunk in requests {
+            let end = chunk.start_offset + i64::try_from(chunk.bytes.len()).unwrap_or(i64::MAX);
+            match ends.iter_mut().find(|(seq, _)| *seq == chunk.job_seq) {
+                Some((_, known)) => *known = (*known).max(end),
+                None => ends.push((chunk.job_seq, end)),
+            }
+        }
+        for (seq, end) in ends {
+            sqlx::query!(
+                "UPDATE jobs SET output_bytes = max(output_bytes, ?2) WHERE seq = ?1",
+                seq,
+                end
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(requests.iter().map(|_| ()).collect())
+    }
+}
+
+/// Up to `limit` output chunks of job `seq` from the one holding byte `offset` on, in order
+/// (the first may end at `offset` exactly, when `offset` is a chunk boundary). Both steps
+/// are index seeks, however long the output.
+pub async fn read_output(
+    reads: &SqlitePool,
+    seq: i64,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT start_offset AS "start_offset!", bytes FROM job_output
+         WHERE job_seq = ?1
+           AND start_offset >= (
+               SELECT coalesce(max(start_offset), 0) FROM job_output
+               WHERE job_seq = ?1 AND start_offset <= ?2
+           )
+         ORDER BY start_offset
+         LIMIT ?3"#,
+        seq,
+        offset,
+        limit
+    )
+    .fetch_all(reads)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.start_offset, row.bytes))
+        .collect())
+}

@@ -1,0 +1,3 @@
+//! Security: who a caller is. Bearer tokens for now; mutual TLS comes next.
+
+pub mod tokens;
