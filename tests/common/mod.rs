@@ -14,7 +14,9 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warden::clock::Clock;
-use warden::config::Config;
+use warden::config::{Config, SyncMode};
+use warden::db::Database;
+use warden::security::tokens::{Role, TokenKeys};
 use warden::supervisor::{App, RunError};
 
 /// Where the manual clock starts: an arbitrary fixed instant (2026-01-01T00:00:00Z).
@@ -48,6 +50,7 @@ pub struct TestApp {
     pub clock: Clock,
     pub hashes: String,
     pub registry: String,
+    pub jobs: String,
     pub admin: String,
     pub hashes_addr: SocketAddr,
     pub client: reqwest::Client,
@@ -72,6 +75,7 @@ impl TestApp {
         let app = App::build(config).await.expect("warden builds");
         let hashes_addr = app.hashes_addr().expect("hashes is enabled");
         let registry_addr = app.registry_addr().expect("registry is enabled");
+        let jobs_addr = app.jobs_addr().expect("jobs is enabled");
         let admin_addr = app.admin_addr();
         let shutdown = app.shutdown_token();
         let running = tokio::spawn(app.run_until_stopped());
@@ -80,6 +84,7 @@ impl TestApp {
             clock,
             hashes: format!("http://{hashes_addr}"),
             registry: format!("http://{registry_addr}"),
+            jobs: format!("http://{jobs_addr}"),
             admin: format!("http://{admin_addr}"),
             hashes_addr,
             client: reqwest::Client::new(),
@@ -106,6 +111,35 @@ impl TestApp {
             .expect("warden stopped within 30 s")
             .expect("run task did not panic");
         (ended, self.dir, self.clock)
+    }
+
+    /// A bearer token for `user` with `role`, signed with this warden's key.
+    pub async fn token(&self, user: &str, role: Role) -> String {
+        self.token_keys()
+            .await
+            .issue(user, role, Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    /// A token signed with this warden's key that expired a minute ago.
+    pub async fn expired_token(&self, user: &str, role: Role) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        self.token_keys()
+            .await
+            .issue_expiring_at(user, role, now - 60)
+            .unwrap()
+    }
+
+    async fn token_keys(&self) -> TokenKeys {
+        let db = Database::open(self.dir.path(), SyncMode::Full)
+            .await
+            .unwrap();
+        let keys = TokenKeys::load_or_create(&db, 0).await.unwrap();
+        db.close().await;
+        keys
     }
 
     /// `POST /hash` with a urlencoded `password`.
@@ -167,6 +201,7 @@ pub struct WardenProcess {
     pub child: Child,
     pub hashes: String,
     pub registry: String,
+    pub jobs: String,
     pub admin: String,
     /// Every stderr line so far, kept by a background reader so the pipe never fills.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -222,6 +257,7 @@ impl WardenProcess {
             child,
             hashes: url("hashes"),
             registry: url("registry"),
+            jobs: url("jobs"),
             admin: url("admin"),
             log,
         }

@@ -1,0 +1,562 @@
+//! The job runner over real HTTP: routes, statuses, ownership, tokens, stop, output.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::{START_MS, TestApp};
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use warden::clock::Clock;
+use warden::security::tokens::Role;
+
+/// A client of one user of the jobs listener.
+struct User {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl User {
+    async fn new(app: &TestApp, name: &str, role: Role) -> Self {
+        Self {
+            client: app.client.clone(),
+            base: app.jobs.clone(),
+            token: app.token(name, role).await,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Queues `command args…`; returns the job id.
+    async fn start(&self, command: &str, args: &[&str]) -> String {
+        let (status, job) = self
+            .call(
+                Method::POST,
+                "/jobs",
+                Some(json!({"command": command, "args": args})),
+            )
+            .await;
+        assert_eq!(status, 201, "{job}");
+        job["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        let (status, job) = self.call(Method::GET, &format!("/jobs/{id}"), None).await;
+        assert_eq!(status, 200, "{job}");
+        job
+    }
+
+    /// The output stream of job `id` (`follow`: until the job ends).
+    async fn output(&self, id: &str, query: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/jobs/{id}/output{query}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Follows job `id` to its end; returns all its output.
+    async fn wait(&self, id: &str) -> Vec<u8> {
+        let response = self.output(id, "?follow=true").await;
+        assert_eq!(response.status(), 200);
+        let body = tokio::time::timeout(Duration::from_secs(30), response.bytes())
+            .await
+            .expect("the job ended within 30 s");
+        body.unwrap().to_vec()
+    }
+}
+
+#[tokio::test]
+async fn a_job_runs_once_and_keeps_its_status_exit_code_and_output() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let response = alice
+        .client
+        .post(format!("{}/jobs", app.jobs))
+        .bearer_auth(&alice.token)
+        .json(&json!({"command": "sh", "args": ["-c", "echo out; echo err >&2; exit 3"], "name": "demo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let job: Value = response.json().await.unwrap();
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(location, format!("/jobs/{id}"));
+    assert_eq!(job["name"], "demo");
+    assert_eq!(job["owner"], "alice");
+    assert_eq!(job["createdAt"], START_MS);
+    assert!(uuid::Uuid::parse_str(id).is_ok());
+
+    let output = alice.wait(id).await;
+    let text = String::from_utf8(output).unwrap();
+    assert!(text.contains("out\n") && text.contains("err\n"), "{text:?}");
+    assert_eq!(text.len(), 8);
+
+    let job = alice.job(id).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["exitCode"], 3);
+    assert_eq!(job["signal"], Value::Null);
+    assert_eq!(job["outputBytes"], 8);
+    assert_eq!(job["outputTruncated"], false);
+    assert_eq!(job["command"], "sh");
+    assert_eq!(job["args"], json!(["-c", "echo out; echo err >&2; exit 3"]));
+    assert!(job["startedAt"].is_i64() && job["finishedAt"].is_i64());
+
+    // Without follow, the output so far; with an offset, from there.
+    let all = alice.output(id, "").await.bytes().await.unwrap();
+    assert_eq!(all.len(), 8);
+    let tail = alice.output(id, "?offset=4").await.bytes().await.unwrap();
+    assert_eq!(&tail[..], &all[4..]);
+    let past = alice.output(id, "?offset=100").await.bytes().await.unwrap();
+    assert!(past.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn exit_0_succeeds_a_missing_program_fails_and_a_signal_is_recorded() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let ok = alice.start("true", &[]).await;
+    let missing = alice.start("/no/such/program", &[]).await;
+    let killed = alice.start("sh", &["-c", "kill -9 $$"]).await;
+    for id in [&ok, &missing, &killed] {
+        alice.wait(id).await;
+    }
+    let ok = alice.job(&ok).await;
+    assert_eq!(
+        (ok["status"].clone(), ok["exitCode"].clone()),
+        (json!("succeeded"), json!(0))
+    );
+    let missing = alice.job(&missing).await;
+    assert_eq!(missing["status"], "failed");
+    assert!(
+        missing["error"].as_str().unwrap().contains("cannot start"),
+        "{missing}"
+    );
+    let killed = alice.job(&killed).await;
+    assert_eq!(killed["status"], "failed");
+    assert_eq!(killed["signal"], 9);
+    assert_eq!(killed["exitCode"], Value::Null);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_sees_only_their_own_jobs_and_an_admin_sees_all() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let bob = User::new(&app, "bob", Role::User).await;
+    let root = User::new(&app, "root", Role::Admin).await;
+    let alices = alice.start("echo", &["alice"]).await;
+    let bobs = bob.start("echo", &["bob"]).await;
+    alice.wait(&alices).await;
+    bob.wait(&bobs).await;
+
+    for path in [format!("/jobs/{alices}"), format!("/jobs/{alices}/output")] {
+        assert_eq!(bob.call(Method::GET, &path, None).await.0, 404, "{path}");
+    }
+    assert_eq!(
+        bob.call(Method::POST, &format!("/jobs/{alices}/stop"), None)
+            .await
+            .0,
+        404
+    );
+    let (_, listed) = bob.call(Method::GET, "/jobs", None).await;
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [bobs.as_str()]);
+
+    let (_, all) = root.call(Method::GET, "/jobs", None).await;
+    let ids: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [bobs.as_str(), alices.as_str()], "newest first");
+    assert_eq!(root.job(&alices).await["owner"], "alice");
+    assert_eq!(root.output(&bobs, "").await.bytes().await.unwrap(), "bob\n");
+
+    let (_, succeeded) = root.call(Method::GET, "/jobs?status=succeeded", None).await;
+    assert_eq!(succeeded.as_array().unwrap().len(), 2);
+    let (_, running) = root.call(Method::GET, "/jobs?status=running", None).await;
+    assert_eq!(running, json!([]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_valid_token_nothing_works() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let expired = app.expired_token("alice", Role::Admin).await;
+    let forged = {
+        // Right claims, signed with another key.
+        let other = tempfile::tempdir().unwrap();
+        let other = TestApp::spawn_in(other, Clock::manual(START_MS), &[]).await;
+        let token = other.token("alice", Role::Admin).await;
+        other.stop().await;
+        token
+    };
+    let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.\
+                    eyJ1c2VyIjoiYWxpY2UiLCJyb2xlIjoiYWRtaW4iLCJleHAiOjk5OTk5OTk5OTk5fQ.";
+    let bad_headers = [
+        None,
+        Some("Bearer".to_owned()),
+        Some(format!("Basic {}", alice.token)),
+        Some(format!("Bearer {expired}")),
+        Some(format!("Bearer {forged}")),
+        Some(format!("Bearer {unsigned}")),
+        Some("Bearer garbage".to_owned()),
+    ];
+    for authorization in &bad_headers {
+        for (method, path) in [
+            (Method::POST, "/jobs".to_owned()),
+            (Method::GET, "/jobs".to_owned()),
+            (Method::GET, format!("/jobs/{}", uuid::Uuid::new_v4())),
+        ] {
+            let mut request = app
+                .client
+                .request(method.clone(), format!("{}{path}", app.jobs))
+                .json(&json!({"command": "touch", "args": ["/tmp/should-not-exist"]}));
+            if let Some(value) = authorization {
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                401,
+                "{method} {path} with {authorization:?}"
+            );
+            assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+            let error: Value = response.json().await.unwrap();
+            assert!(error["error"].is_string());
+        }
+    }
+    let root = User::new(&app, "root", Role::Admin).await;
+    assert_eq!(
+        root.call(Method::GET, "/jobs", None).await.1,
+        json!([]),
+        "nothing was queued"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_4xx_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let bodies = [
+        json!({}),
+        json!({"command": ""}),
+        json!({"command": 5}),
+        json!({"command": "ls", "args": "-la"}),
+        json!({"command": "ls", "args": [1]}),
+        json!({"command": "ls", "unknown": true}),
+        json!({"command": "ls\u{0}x"}),
+        json!(["ls"]),
+    ];
+    for body in bodies {
+        let (status, error) = alice.call(Method::POST, "/jobs", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(error["error"].is_string());
+    }
+    let response = alice
+        .client
+        .post(format!("{}/jobs", app.jobs))
+        .bearer_auth(&alice.token)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    for path in [
+        "/jobs/not-a-uuid",
+        "/jobs/not-a-uuid/output",
+        "/jobs?status=done",
+        "/jobs?bogus=1",
+    ] {
+        assert_eq!(alice.call(Method::GET, path, None).await.0, 400, "{path}");
+    }
+    assert_eq!(
+        alice
+            .call(Method::POST, "/jobs/not-a-uuid/stop", None)
+            .await
+            .0,
+        400
+    );
+    let unknown = uuid::Uuid::new_v4();
+    assert_eq!(
+        alice
+            .call(Method::GET, &format!("/jobs/{unknown}"), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        alice
+            .call(Method::POST, &format!("/jobs/{unknown}/stop"), None)
+            .await
+            .0,
+        404
+    );
+    let id = alice.start("true", &[]).await;
+    assert_eq!(
+        alice
+            .call(Method::GET, &format!("/jobs/{id}/output?offset=-1"), None)
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        alice
+            .call(Method::DELETE, &format!("/jobs/{id}"), None)
+            .await
+            .0,
+        405
+    );
+
+    let (_, listed) = alice.call(Method::GET, "/jobs", None).await;
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "only the one good job was queued"
+    );
+    app.stop().await;
+}
+
+/// Reads `response` until `wanted` has arrived; returns what was read.
+async fn read_until(response: &mut reqwest::Response, wanted: &str) -> String {
+    let mut seen = Vec::new();
+    let read = async {
+        while !String::from_utf8_lossy(&seen).contains(wanted) {
+            let chunk = response.chunk().await.unwrap().expect("stream ended early");
+            seen.extend_from_slice(&chunk);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("output arrived");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+fn process_is_gone(pid: &str) -> bool {
+    // Gone, or a zombie waiting for a parent that is not ours to reap.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z'),
+    }
+}
+
+#[tokio::test]
+async fn stop_ends_a_job_with_its_children_and_a_second_stop_is_409() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let id = alice
+        .start("sh", &["-c", "sleep 300 & echo child $!; wait"])
+        .await;
+    let mut output = alice.output(&id, "?follow=true").await;
+    let seen = read_until(&mut output, "\n").await;
+    let child = seen.trim().strip_prefix("child ").unwrap().to_owned();
+    assert!(!process_is_gone(&child));
+
+    let (status, stopped) = alice
+        .call(Method::POST, &format!("/jobs/{id}/stop"), None)
+        .await;
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["status"], "stopped");
+    assert_eq!(stopped["signal"], 15);
+    assert!(
+        process_is_gone(&child),
+        "the job's child {child} outlived it"
+    );
+    // The follower's stream ends with the job.
+    let rest = tokio::time::timeout(Duration::from_secs(10), output.bytes()).await;
+    assert!(rest.is_ok());
+
+    let (status, _) = alice
+        .call(Method::POST, &format!("/jobs/{id}/stop"), None)
+        .await;
+    assert_eq!(status, 409);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_that_ignores_sigterm_is_killed_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-stop-grace", "300ms"]).await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let id = alice
+        .start(
+            "sh",
+            &[
+                "-c",
+                "trap '' TERM; echo ready; while true; do sleep 0.05; done",
+            ],
+        )
+        .await;
+    let mut output = alice.output(&id, "?follow=true").await;
+    read_until(&mut output, "ready").await;
+    let (status, stopped) = alice
+        .call(Method::POST, &format!("/jobs/{id}/stop"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(stopped["status"], "stopped");
+    assert_eq!(stopped["signal"], 9);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_job_stops_without_ever_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-workers", "1"]).await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let busy = alice.start("sh", &["-c", "echo busy; sleep 300"]).await;
+    let mut output = alice.output(&busy, "?follow=true").await;
+    read_until(&mut output, "busy").await;
+    let waiting = alice
+        .start(
+            "touch",
+            &[&app.dir.path().join("ran").display().to_string()],
+        )
+        .await;
+    assert_eq!(alice.job(&waiting).await["status"], "queued");
+
+    let (status, stopped) = alice
+        .call(Method::POST, &format!("/jobs/{waiting}/stop"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(stopped["status"], "stopped");
+    assert_eq!(stopped["startedAt"], Value::Null);
+    alice
+        .call(Method::POST, &format!("/jobs/{busy}/stop"), None)
+        .await;
+    let next = alice.start("true", &[]).await;
+    alice.wait(&next).await;
+    assert!(
+        !app.dir.path().join("ran").exists(),
+        "the stopped job never ran"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn four_followers_get_the_first_bytes_early_and_the_whole_output() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let go = app.dir.path().join("go");
+    let script = format!(
+        "echo first; while [ ! -e '{}' ]; do sleep 0.01; done; echo last",
+        go.display()
+    );
+    let id = alice.start("sh", &["-c", &script]).await;
+    let mut followers = Vec::new();
+    for _ in 0..4 {
+        followers.push(alice.output(&id, "?follow=true").await);
+    }
+    for follower in &mut followers {
+        assert_eq!(read_until(follower, "first\n").await, "first\n");
+    }
+    assert_eq!(
+        alice.job(&id).await["status"],
+        "running",
+        "first bytes came before the end"
+    );
+    std::fs::write(&go, b"").unwrap();
+    for follower in followers {
+        let rest = tokio::time::timeout(Duration::from_secs(30), follower.bytes())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&rest[..], b"last\n");
+    }
+    assert_eq!(alice.job(&id).await["status"], "succeeded");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn binary_output_round_trips_byte_for_byte() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    // Every byte value, in an order that is not a repeating pattern, past several chunks.
+    let data: Vec<u8> = (0..300_000_u32)
+        .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = app.dir.path().join("binary");
+    std::fs::write(&file, &data).unwrap();
+    let id = alice.start("cat", &[&file.display().to_string()]).await;
+    let followed = alice.wait(&id).await;
+    assert_eq!(followed.len(), data.len());
+    assert!(followed == data, "followed output differs");
+    let read = alice.output(&id, "").await.bytes().await.unwrap();
+    assert!(read[..] == data[..], "read output differs");
+    let from = alice
+        .output(&id, "?offset=123457")
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert!(from[..] == data[123_457..]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn output_past_the_limit_is_dropped_and_the_job_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_in(
+        dir,
+        Clock::manual(START_MS),
+        &["--job-output-limit", "1000"],
+    )
+    .await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let id = alice.start("head", &["-c", "500000", "/dev/zero"]).await;
+    let output = alice.wait(&id).await;
+    assert_eq!(output.len(), 1000);
+    let job = alice.job(&id).await;
+    assert_eq!(job["status"], "succeeded", "the job ran on to its end");
+    assert_eq!(job["outputBytes"], 1000);
+    assert_eq!(job["outputTruncated"], true);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_and_their_output_survive_a_restart() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let id = alice.start("echo", &["kept"]).await;
+    alice.wait(&id).await;
+    let (dir, clock) = app.stop().await;
+    let app = TestApp::spawn_in(dir, clock, &[]).await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    assert_eq!(alice.job(&id).await["status"], "succeeded");
+    assert_eq!(alice.output(&id, "").await.bytes().await.unwrap(), "kept\n");
+    app.stop().await;
+}
