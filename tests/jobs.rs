@@ -560,3 +560,33 @@ async fn jobs_and_their_output_survive_a_restart() {
     assert_eq!(alice.output(&id, "").await.bytes().await.unwrap(), "kept\n");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_interrupts_running_jobs_and_leaves_queued_ones_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-workers", "1"]).await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let running = alice.start("sh", &["-c", "echo up; exec sleep 300"]).await;
+    let mut output = alice.output(&running, "?follow=true").await;
+    read_until(&mut output, "up").await;
+    let queued = alice.start("true", &[]).await;
+    let (dir, _) = app.stop().await;
+
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("warden.db"))
+        .read_only(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let status = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM jobs WHERE id = ?1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(status(running).await, "interrupted");
+    assert_eq!(status(queued).await, "queued");
+    pool.close().await;
+}

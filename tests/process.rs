@@ -275,3 +275,203 @@ async fn migrate_creates_the_database_and_exits() {
     let (code, stderr) = run_warden(&["migrate", "--data-dir", &data_dir], &[]).await;
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// Runs `warden ARGS` against a served warden; returns (exit code, stdout, stderr).
+async fn warden_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(warden_binary())
+            .args(args)
+            .envs(env.iter().copied())
+            .output(),
+    )
+    .await
+    .expect("warden exited within 60 s")
+    .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `warden token issue` for `user` with `role` on `data_dir`.
+async fn issue_token(data_dir: &std::path::Path, user: &str, role: &str) -> String {
+    let dir = data_dir.display().to_string();
+    let (code, token, stderr) = warden_cli(
+        &[
+            "token",
+            "issue",
+            "--user",
+            user,
+            "--role",
+            role,
+            "--data-dir",
+            &dir,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    token.trim().to_owned()
+}
+
+#[tokio::test]
+async fn the_cli_starts_follows_inspects_and_stops_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut warden = WardenProcess::start(dir.path(), &[]).await;
+    let token = issue_token(dir.path(), "carol", "user").await;
+    let jobs_url = warden.jobs.clone();
+    let env = [
+        ("WARDEN_URL", jobs_url.as_str()),
+        ("WARDEN_TOKEN", token.as_str()),
+    ];
+
+    let (code, started, stderr) = warden_cli(
+        &[
+            "jobs", "start", "--name", "greeting", "--", "echo", "hi", "there",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let job: serde_json::Value = serde_json::from_str(&started).unwrap();
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(job["name"], "greeting");
+
+    let (code, logs, _) = warden_cli(&["jobs", "logs", "-f", id], &env).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(logs, "hi there\n");
+
+    let (code, status, _) = warden_cli(&["jobs", "status", id], &env).await;
+    assert_eq!(code, Some(0));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["status"], "succeeded");
+
+    let (code, list, _) = warden_cli(&["jobs", "list"], &env).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        list.starts_with(id) && list.contains("succeeded") && list.contains("echo hi there"),
+        "{list}"
+    );
+
+    let (code, _, stderr) = warden_cli(&["jobs", "stop", id], &env).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("409") && stderr.contains("already ended"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1);
+
+    let (code, _, stderr) = warden_cli(
+        &["jobs", "list"],
+        &[("WARDEN_URL", &jobs_url), ("WARDEN_TOKEN", "nope")],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("401"), "{stderr}");
+
+    let (code, id, _) = warden_cli(&["hash", "angryMonkey", "--url", &warden.hashes], &[]).await;
+    assert_eq!((code, id.trim()), (Some(0), "1"));
+    let (code, stats, _) = warden_cli(&["stats", "--url", &warden.hashes], &[]).await;
+    assert_eq!(code, Some(0));
+    assert!(stats.contains("\"total\":1"), "{stats}");
+
+    warden.signal("TERM").await;
+    assert_eq!(warden.exit_code().await, Some(0));
+    let (code, _, stderr) = warden_cli(&["jobs", "list"], &env).await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+}
+
+#[tokio::test]
+async fn after_kill_9_queued_jobs_run_and_running_ones_are_interrupted_and_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut warden = WardenProcess::start(dir.path(), &["--job-workers", "1"]).await;
+    let token = issue_token(dir.path(), "dave", "user").await;
+    let client = reqwest::Client::new();
+    let start = |command: &'static str, args: Vec<String>| {
+        let client = client.clone();
+        let url = format!("{}/jobs", warden.jobs);
+        let token = token.clone();
+        async move {
+            let job: serde_json::Value = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({"command": command, "args": args}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            job["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let running = start("sh", vec!["-c".into(), "echo $$; exec sleep 300".into()]).await;
+    // Wait until it runs and has said its pid.
+    let mut output = client
+        .get(format!("{}/jobs/{running}/output?follow=true", warden.jobs))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen.contains(&b'\n') {
+        seen.extend_from_slice(&output.chunk().await.unwrap().unwrap());
+    }
+    let pid = String::from_utf8(seen).unwrap().trim().to_owned();
+    let marker = dir.path().join("queued-ran");
+    let queued = start("touch", vec![marker.display().to_string()]).await;
+
+    warden.signal("KILL").await;
+    assert_eq!(warden.exit_code().await, None);
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the job outlived warden"
+    );
+
+    let warden = WardenProcess::start(dir.path(), &["--job-workers", "1"]).await;
+    let job = |id: String| {
+        let client = client.clone();
+        let url = format!("{}/jobs/{id}", warden.jobs);
+        let token = token.clone();
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let interrupted = job(running.clone()).await;
+    assert_eq!(interrupted["status"], "interrupted");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty()
+            || stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z'),
+        "the interrupted job's process {pid} is still running"
+    );
+    // The queued job runs after the restart.
+    let done = client
+        .get(format!("{}/jobs/{queued}/output?follow=true", warden.jobs))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), done.bytes())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job(queued).await["status"], "succeeded");
+    assert!(marker.exists());
+}

@@ -266,7 +266,7 @@ pub async fn interrupt_running(
     sqlx::query_as!(
         Leftover,
         "UPDATE jobs
-         SET status = 'interrupted', finished_at_ms = ?1, pid = NULL,
+         SET status = 'interrupted', finished_at_ms = ?1,
              error = 'warden stopped while the job was running'
          WHERE status = 'running'
          RETURNING pid, pid_boot_id, pid_start_ticks",
