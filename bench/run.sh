@@ -10,9 +10,12 @@
 # prints req/s, p99, warden's peak RSS and each rate as a ratio of the no-op's. Then, on
 # data dirs seeded with sqlite3: GET / over 100 000 live instances in 1 000 groups, and
 # heartbeats while the purge deletes 100 000 expired rows (their worst latency).
+# Then the job runner (bench/jobs_bench.py): 1 000 `true` jobs through the API against
+# `xargs -P`, and one job writing 1 GiB with 4 followers (MB/s, warden's RSS growth).
 # Targets: POST /hash >= 0.5x no-op, p99 <= 5 ms, peak RSS <= 64 MB (issue 3);
 # heartbeats >= 0.4x no-op, p99 <= 5 ms; GET / <= 20 ms; no heartbeat blocked > 50 ms by the
-# purge (issue 4).
+# purge (issue 4); jobs >= 0.3x the raw spawn rate; output >= 150 MB/s with all 4 followers
+# keeping up; follower RSS growth <= 32 MB (issue 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +25,7 @@ NOOP_ADDR=127.0.0.1:18000
 HASHES_ADDR=127.0.0.1:18080
 ADMIN_ADDR=127.0.0.1:19090
 REGISTRY_ADDR=127.0.0.1:18081
+JOBS_ADDR=127.0.0.1:18443
 
 missing=()
 for tool in wrk curl sqlite3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
@@ -56,7 +60,7 @@ target/release/examples/noop "$NOOP_ADDR" &
 pids+=($!)
 target/release/warden serve --data-dir "$work/data" --sync full \
   --hashes-addr "$HASHES_ADDR" --admin-addr "$ADMIN_ADDR" \
-  --registry-addr "$REGISTRY_ADDR" --jobs-addr 127.0.0.1:0 2>"$work/warden.log" &
+  --registry-addr "$REGISTRY_ADDR" --jobs-addr "$JOBS_ADDR" 2>"$work/warden.log" &
 warden_pid=$!
 pids+=($warden_pid)
 wait_for "http://$NOOP_ADDR/"
@@ -146,3 +150,8 @@ awk '/^Requests\/sec:/ {rate = $2} /^    Latency/ {max = $4} $1 == "99%" {p99 = 
   END {printf "  %s heartbeats/s, p99 %s, worst %s\n", rate, p99, max}' "$work/purge.txt"
 grep -o '"purged":[0-9]*' "$work/seeded.log" | awk -F: '{sum += $2} END {printf "  purged %d expired rows during the run", sum}'
 echo "; $left still to purge"
+
+echo
+echo "job runner ($(nproc) workers):"
+token=$(target/release/warden token issue --user bench --role admin --data-dir "$work/data")
+python3 bench/jobs_bench.py "http://$JOBS_ADDR" "$token" "$(nproc)" "$warden_pid"

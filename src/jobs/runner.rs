@@ -176,55 +176,72 @@ impl Runner {
     }
 
     async fn work(self, shutdown: CancellationToken) {
+        // The job this worker last ran, until its ending is recorded with the next claim.
+        let mut ended: Option<(JobRow, Ending)> = None;
         loop {
             let woken = self.queue.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if shutdown.is_cancelled() {
-                return;
-            }
-            let claimed = match self.db.write_connection().await {
-                Ok(mut conn) => store::claim_next(&mut conn, self.clock.now_ms())
-                    .await
-                    .map_err(|error| StorageFault::of(&error)),
+            let claim = !shutdown.is_cancelled();
+            let settled = match self.db.write_connection().await {
+                Ok(mut conn) => store::settle_and_claim(
+                    &mut conn,
+                    ended.as_ref().map(|(job, ending)| (job.seq, ending)),
+                    claim,
+                    self.clock.now_ms(),
+                )
+                .await
+                .map_err(|error| StorageFault::of(&error)),
                 Err(fault) => Err(fault),
             };
-            match claimed {
-                Ok(Some(job)) => self.run(job, &shutdown).await,
-                Ok(None) => tokio::select! {
-                    () = &mut woken => {}
-                    () = shutdown.cancelled() => return,
-                },
+            let next = match settled {
+                Ok(next) => {
+                    if let Some((job, ending)) = ended.take() {
+                        self.announce_end(&job, &ending);
+                    }
+                    next
+                }
                 Err(fault) => {
-                    tracing::error!(%fault, "a job worker could not claim a job; retrying");
+                    tracing::error!(%fault, "a job worker could not record or claim a job; retrying");
+                    if !claim {
+                        // Shutting down: the next start marks an unrecorded job interrupted.
+                        return;
+                    }
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = shutdown.cancelled() => continue,
                     }
                 }
+            };
+            match next {
+                Some(job) => {
+                    let ending = self.run(&job, &shutdown).await;
+                    ended = Some((job, ending));
+                }
+                None if !claim => return,
+                None => tokio::select! {
+                    () = &mut woken => {}
+                    () = shutdown.cancelled() => {}
+                },
             }
         }
     }
 
-    async fn run(&self, job: JobRow, shutdown: &CancellationToken) {
+    /// Runs a claimed job to its end; its ending is recorded by the worker's next claim.
+    async fn run(&self, job: &JobRow, shutdown: &CancellationToken) -> Ending {
         let (progress, stop) =
             self.live_job(job.seq, |live| (live.progress.clone(), live.stop.clone()));
-        let ending = self.execute(&job, &progress, &stop, shutdown).await;
-        let finished = match self.db.write_connection().await {
-            Ok(mut conn) => store::finish(&mut conn, job.seq, &ending, self.clock.now_ms())
-                .await
-                .map_err(|error| StorageFault::of(&error)),
-            Err(fault) => Err(fault),
-        };
-        if let Err(fault) = finished {
-            // The next start marks it interrupted; nothing else can be done now.
-            tracing::error!(%fault, job = %job.id, "could not record how a job ended");
+        self.execute(job, &progress, &stop, shutdown).await
+    }
+
+    /// Tells followers a job has ended, once its ending is committed.
+    fn announce_end(&self, job: &JobRow, ending: &Ending) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = live.remove(&job.seq) {
+            entry
+                .progress
+                .send_modify(|progress| progress.finished = true);
         }
-        progress.send_modify(|progress| progress.finished = true);
-        self.live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&job.seq);
         tracing::info!(job = %job.id, status = ending.status, "job ended");
     }
 

@@ -141,7 +141,7 @@ pub async fn list(
 }
 
 /// Claims the oldest queued job for a worker: one guarded statement, so no job runs twice.
-pub async fn claim_next(
+async fn claim_next(
     conn: &mut SqliteConnection,
     now_ms: i64,
 ) -> Result<Option<JobRow>, sqlx::Error> {
@@ -190,7 +190,7 @@ pub struct Ending {
 }
 
 /// Records that running job `seq` has ended.
-pub async fn finish(
+async fn finish(
     conn: &mut SqliteConnection,
     seq: i64,
     ending: &Ending,
@@ -212,6 +212,27 @@ pub async fn finish(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Records how a worker's last job ended (if it had one) and, if `claim`, claims the next
+/// queued job, in one transaction: one commit where there would be two, per job.
+pub async fn settle_and_claim(
+    conn: &mut SqliteConnection,
+    ended: Option<(i64, &Ending)>,
+    claim: bool,
+    now_ms: i64,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    if let Some((seq, ending)) = ended {
+        finish(&mut tx, seq, ending, now_ms).await?;
+    }
+    let next = if claim {
+        claim_next(&mut tx, now_ms).await?
+    } else {
+        None
+    };
+    tx.commit().await?;
+    Ok(next)
 }
 
 /// Stops job `seq` if it is still queued; returns whether it was.
