@@ -24,6 +24,8 @@ use crate::clock::Clock;
 use crate::config::{Config, LogFormat, SyncMode};
 use crate::db::{Database, lock_data_dir};
 use crate::jobs::client::{ClientError, JobsClient};
+use crate::security::pki::{DevPki, PkiError};
+use crate::security::tls::client_config;
 use crate::security::tokens::{Role, TokenKeys, valid_user};
 use crate::supervisor;
 
@@ -45,6 +47,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// The development PKI in the data dir (made by the first `serve`).
+    Pki {
+        #[command(subcommand)]
+        action: PkiAction,
     },
     /// Start, list, inspect, stop and follow jobs on a warden server.
     Jobs(JobsArgs),
@@ -91,11 +98,41 @@ enum TokenAction {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PkiAction {
+    /// Issue a client certificate: writes pki/clients/NAME.pem and NAME.key (0600).
+    IssueClient {
+        /// The user the certificate names (its Common Name).
+        name: String,
+        /// Make it an admin (organisational unit `admin`): sees and stops every job.
+        #[arg(long)]
+        admin: bool,
+        /// How many days it is valid.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// Data directory of the PKI.
+        #[arg(long, env = "WARDEN_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
 #[derive(Debug, Args)]
 struct JobsArgs {
-    /// The jobs listener.
-    #[arg(long, env = "WARDEN_URL", default_value = "http://127.0.0.1:8443")]
+    /// The jobs listener; `https://` speaks mutual TLS, `http://` plain HTTP.
+    #[arg(long, env = "WARDEN_URL", default_value = "https://127.0.0.1:8443")]
     url: String,
+    /// Client certificate (PEM) [default: the dev PKI's admin certificate in the data dir].
+    #[arg(long, env = "WARDEN_CERT")]
+    cert: Option<PathBuf>,
+    /// Client key (PEM) [default: the dev PKI's admin key in the data dir].
+    #[arg(long, env = "WARDEN_KEY")]
+    key: Option<PathBuf>,
+    /// CA (PEM) the server's certificate must be signed by [default: the dev PKI's CA].
+    #[arg(long, env = "WARDEN_CA")]
+    ca: Option<PathBuf>,
+    /// Data directory whose dev PKI supplies the defaults above.
+    #[arg(long, env = "WARDEN_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
     /// The bearer token (see `warden token issue`).
     #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -141,6 +178,7 @@ struct MigrateArgs {
 
 /// Parses the command line, runs the command, and turns the outcome into an exit code.
 pub fn main() -> ExitCode {
+    crate::security::tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
@@ -167,6 +205,15 @@ pub fn main() -> ExitCode {
                     data_dir,
                 },
         } => runtime.block_on(issue_token(&user, role, ttl, &data_dir)),
+        Command::Pki {
+            action:
+                PkiAction::IssueClient {
+                    name,
+                    admin,
+                    days,
+                    data_dir,
+                },
+        } => issue_client(&name, admin, days, &data_dir),
         Command::Jobs(args) => finish(runtime.block_on(jobs(args))),
         Command::Hash { password, url } => finish(runtime.block_on(hash(password, &url))),
         Command::Stats { url } => finish(runtime.block_on(stats(&url))),
@@ -217,8 +264,49 @@ async fn issue_token(user: &str, role: Role, ttl: Duration, data_dir: &Path) -> 
     }
 }
 
+fn issue_client(name: &str, admin: bool, days: u32, data_dir: &Path) -> ExitCode {
+    let pki = DevPki::of(data_dir);
+    let issued = pki
+        .ensure()
+        .and_then(|_| pki.issue_client(name, admin, days));
+    match issued {
+        Ok(files) => {
+            let written = writeln!(
+                std::io::stdout().lock(),
+                "{}\n{}",
+                files.cert.display(),
+                files.key.display()
+            );
+            if written.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(PkiError::BadName(message)) => {
+            eprintln!("warden: invalid NAME: {message}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("warden: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn jobs(args: JobsArgs) -> Result<(), ClientError> {
-    let client = JobsClient::new(&args.url, args.token)?;
+    let tls = if args.url.starts_with("https://") {
+        let pki = DevPki::of(&args.data_dir);
+        let admin = pki.client("admin");
+        Some(client_config(
+            &args.ca.unwrap_or_else(|| pki.ca()),
+            &args.cert.unwrap_or(admin.cert),
+            &args.key.unwrap_or(admin.key),
+        )?)
+    } else {
+        None
+    };
+    let client = JobsClient::new(&args.url, args.token, tls)?;
     let mut stdout = std::io::stdout().lock();
     match args.action {
         JobsAction::Start { name, command } => {

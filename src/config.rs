@@ -61,9 +61,8 @@ pub struct Config {
     #[arg(long, env = "WARDEN_JOB_OUTPUT_LIMIT", default_value = "2GiB", value_parser = parse_size)]
     pub job_output_limit: u64,
 
-    /// TLS on the jobs listener; `off` serves plain HTTP and needs a loopback address.
-    /// (Mutual TLS is not built yet: `off` is the default and the only mode for now.)
-    #[arg(long, env = "WARDEN_JOBS_TLS", default_value = "off")]
+    /// Mutual TLS on the jobs listener; `off` serves plain HTTP and needs a loopback address.
+    #[arg(long, env = "WARDEN_JOBS_TLS", default_value = "on")]
     pub jobs_tls: JobsTls,
 
     /// Server certificate (PEM) of the jobs listener [default: the dev PKI in the data dir].
@@ -168,13 +167,6 @@ impl Config {
                 self.jobs_addr
             ));
         }
-        if self.jobs_tls == JobsTls::On && !self.no_jobs {
-            return Err(
-                "invalid --jobs-tls (WARDEN_JOBS_TLS): TLS on the jobs listener is not \
-                        built yet; use --jobs-tls off (loopback only) or --no-jobs"
-                    .into(),
-            );
-        }
         let tls_files = [&self.tls_cert, &self.tls_key].map(Option::is_some);
         if tls_files[0] != tls_files[1] {
             return Err("invalid --tls-cert/--tls-key: give both or neither".into());
@@ -250,7 +242,8 @@ mod tests {
         assert!(config.validate().unwrap_err().contains("--jobs-tls"));
         let config = Config::from_flags(["--jobs-tls", "off"]).unwrap();
         assert!(config.validate().is_ok());
-        let config = Config::from_flags(["--jobs-tls", "on"]).unwrap();
-        assert!(config.validate().unwrap_err().contains("not built yet"));
+        let config =
+            Config::from_flags(["--jobs-tls", "on", "--jobs-addr", "0.0.0.0:8443"]).unwrap();
+        assert!(config.validate().is_ok());
     }
 }

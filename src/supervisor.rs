@@ -10,26 +10,35 @@
 //! until then.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::admin::{self, Admin, ServiceBoard, ServiceState};
-use crate::config::Config;
+use crate::config::{Config, JobsTls};
 use crate::db::{DataDirLock, Database, LockError, lock_data_dir};
 use crate::error::{Error, StorageFault, fill_empty_error_bodies};
 use crate::hashes::{self, Hashes};
 use crate::jobs::{self, Jobs, RunnerSettings};
 use crate::registry::{self, Registry};
+use crate::security::pki::{DevPki, PkiError};
+use crate::security::tls::{TlsError, identity_of, server_config};
 
 /// How long the database gets to close after a drain that timed out.
 const CLOSE_AFTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,6 +57,10 @@ pub enum StartError {
     Registry(#[from] registry::StartError),
     #[error("cannot start the job runner: {0}")]
     Jobs(StorageFault),
+    #[error("cannot make the development PKI: {0}")]
+    Pki(#[from] PkiError),
+    #[error("cannot set up TLS on the jobs listener: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot listen for {service} on {addr}: {source}")]
     Bind {
         service: &'static str,
@@ -68,6 +81,8 @@ struct BoundService {
     name: &'static str,
     listener: TcpListener,
     router: Router,
+    /// Present when the listener speaks TLS (the jobs listener with `--jobs-tls on`).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A warden whose listeners are bound and whose database is open, ready to run.
@@ -121,6 +136,7 @@ impl App {
                 name: "hashes",
                 listener,
                 router: with_common_layers(router, "hashes"),
+                tls: None,
             });
         }
         if !config.no_registry {
@@ -142,10 +158,15 @@ impl App {
                 name: "registry",
                 listener,
                 router: with_common_layers(router, "registry"),
+                tls: None,
             });
         }
 
         if !config.no_jobs {
+            let tls = match config.jobs_tls {
+                JobsTls::On => Some(jobs_tls(&config)?),
+                JobsTls::Off => None,
+            };
             let listener = bind("jobs", config.jobs_addr).await?;
             let settings = RunnerSettings {
                 workers: config.job_workers(),
@@ -163,6 +184,7 @@ impl App {
                 name: "jobs",
                 listener,
                 router: with_common_layers(router, "jobs"),
+                tls,
             });
         }
 
@@ -236,6 +258,7 @@ impl App {
             name,
             listener,
             router,
+            tls,
         } in services
         {
             if let Ok(addr) = listener.local_addr() {
@@ -245,7 +268,10 @@ impl App {
             let board = admin.services.clone();
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                let served = serve_listener(listener, router, stop.clone().cancelled_owned()).await;
+                let served = match tls {
+                    Some(tls) => serve_tls(listener, router, tls, stop.clone()).await,
+                    None => serve_listener(listener, router, stop.clone().cancelled_owned()).await,
+                };
                 board.set(name, ServiceState::Down);
                 if let Err(error) = served {
                     tracing::error!(service = name, %error, "listener failed; shutting down");
@@ -333,6 +359,93 @@ async fn drain_on_signal(shutdown: CancellationToken) {
             shutdown.cancel();
         }
     }
+}
+
+/// The jobs listener's TLS: the operator's files where given, the dev PKI (made on first
+/// start) for the rest.
+fn jobs_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    let pki = DevPki::of(&config.data_dir);
+    let needs_pki = config.tls_cert.is_none() || config.client_ca.is_none();
+    if needs_pki && pki.ensure()? {
+        tracing::info!(dir = %pki.dir.display(), "made a development PKI");
+    }
+    let server = pki.server();
+    let cert = config.tls_cert.clone().unwrap_or(server.cert);
+    let key = config.tls_key.clone().unwrap_or(server.key);
+    let client_ca = config.client_ca.clone().unwrap_or_else(|| pki.ca());
+    Ok(server_config(&cert, &key, &client_ca)?)
+}
+
+/// How long a client gets to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` over TLS: each connection's verified client identity (and peer address)
+/// goes into every request's extensions. A refused handshake is logged with the peer
+/// address, never with key material.
+async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    tls: Arc<rustls::ServerConfig>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let (acceptor, router, stop) = (acceptor.clone(), router.clone(), stop.clone());
+        connections.spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::warn!(%peer, %error, "refused a TLS connection");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "refused a TLS connection: the handshake timed out");
+                    return;
+                }
+            };
+            let Some(identity) = stream.get_ref().1.peer_certificates().and_then(identity_of)
+            else {
+                tracing::warn!(%peer, "refused a TLS connection: its certificate names no valid user");
+                return;
+            };
+            let service = router.map_request(move |mut request: axum::http::Request<Incoming>| {
+                request.extensions_mut().insert(identity.clone());
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
+            let builder = ConnectionBuilder::new(TokioExecutor::new());
+            let connection =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 async fn bind(service: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

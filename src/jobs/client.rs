@@ -16,6 +16,8 @@ pub enum ClientError {
     BadAnswer(String),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::security::tls::TlsError),
 }
 
 /// A client of one warden jobs listener.
@@ -27,16 +29,22 @@ pub struct JobsClient {
 }
 
 impl JobsClient {
-    /// A client of the jobs listener at `base` (e.g. `http://127.0.0.1:8443`), sending
-    /// `token` as the bearer token if given.
-    pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let http =
-            reqwest::Client::builder()
-                .build()
-                .map_err(|error| ClientError::Unreachable {
-                    url: base.to_owned(),
-                    reason: error.to_string(),
-                })?;
+    /// A client of the jobs listener at `base` (e.g. `https://127.0.0.1:8443`), over `tls`
+    /// (mutual TLS) when given, sending `token` as the bearer token if given.
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self, ClientError> {
+        let builder = reqwest::Client::builder();
+        let builder = match tls {
+            Some(tls) => builder.tls_backend_preconfigured(tls),
+            None => builder,
+        };
+        let http = builder.build().map_err(|error| ClientError::Unreachable {
+            url: base.to_owned(),
+            reason: root_cause(&error),
+        })?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),

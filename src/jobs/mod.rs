@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::db::Database;
 use crate::error::{Error, PathParams, Result, StorageFault};
+use crate::security::tls::ClientIdentity;
 use crate::security::tokens::{Principal, TokenError, TokenKeys};
 pub use runner::RunnerSettings;
 use runner::{Progress, Runner};
@@ -97,20 +98,39 @@ where
 {
     type Rejection = Error;
 
+    /// Over mutual TLS the principal is the verified client certificate's; a bearer token,
+    /// if sent as well, must name the same user. Over plain HTTP the token is the credential.
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| Error::Unauthorized("a bearer token is required".into()))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| Error::Unauthorized("use `Authorization: Bearer <token>`".into()))?;
-        TokenKeys::from_ref(state)
-            .verify(token)
-            .map_err(|error: TokenError| Error::Unauthorized(error.to_string()))
+        let token = match parts.headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(header) => {
+                let token = header
+                    .to_str()
+                    .ok()
+                    .and_then(|value| value.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .ok_or_else(|| {
+                        Error::Unauthorized("use `Authorization: Bearer <token>`".into())
+                    })?;
+                let principal = TokenKeys::from_ref(state)
+                    .verify(token)
+                    .map_err(|error: TokenError| Error::Unauthorized(error.to_string()))?;
+                Some(principal)
+            }
+        };
+        match (parts.extensions.get::<ClientIdentity>(), token) {
+            (Some(identity), Some(token)) if token.user != identity.user => {
+                Err(Error::Unauthorized(
+                    "the bearer token names another user than the client certificate".into(),
+                ))
+            }
+            (Some(identity), _) => Ok(Principal {
+                user: identity.user.clone(),
+                role: identity.role,
+            }),
+            (None, Some(token)) => Ok(token),
+            (None, None) => Err(Error::Unauthorized("a bearer token is required".into())),
+        }
     }
 }
 

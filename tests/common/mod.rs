@@ -44,6 +44,16 @@ pub fn port_zero_flags(data_dir: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// `--jobs-tls off` unless the test chose a TLS mode: most tests drive the jobs API with
+/// tokens over plain HTTP; `tests/tls.rs` asks for mutual TLS.
+fn plain_jobs_unless_asked(flags: &[&str]) -> Vec<String> {
+    if flags.contains(&"--jobs-tls") {
+        Vec::new()
+    } else {
+        vec!["--jobs-tls".to_owned(), "off".to_owned()]
+    }
+}
+
 /// A warden served in-process by the real supervisor.
 pub struct TestApp {
     pub dir: TempDir,
@@ -67,7 +77,9 @@ impl TestApp {
 
     /// A warden on `dir` (e.g. one a stopped app left behind), with extra serve flags.
     pub async fn spawn_in(dir: TempDir, clock: Clock, extra_flags: &[&str]) -> Self {
+        warden::security::tls::install_crypto_provider();
         let mut flags = port_zero_flags(dir.path());
+        flags.extend(plain_jobs_unless_asked(extra_flags));
         flags.extend(extra_flags.iter().map(|flag| (*flag).to_owned()));
         let mut config = Config::from_flags(flags).expect("test flags parse");
         config.validate().expect("test config is valid");
@@ -76,6 +88,14 @@ impl TestApp {
         let hashes_addr = app.hashes_addr().expect("hashes is enabled");
         let registry_addr = app.registry_addr().expect("registry is enabled");
         let jobs_addr = app.jobs_addr().expect("jobs is enabled");
+        let jobs_scheme = if extra_flags
+            .windows(2)
+            .any(|pair| pair == ["--jobs-tls", "on"])
+        {
+            "https"
+        } else {
+            "http"
+        };
         let admin_addr = app.admin_addr();
         let shutdown = app.shutdown_token();
         let running = tokio::spawn(app.run_until_stopped());
@@ -84,7 +104,7 @@ impl TestApp {
             clock,
             hashes: format!("http://{hashes_addr}"),
             registry: format!("http://{registry_addr}"),
-            jobs: format!("http://{jobs_addr}"),
+            jobs: format!("{jobs_scheme}://{jobs_addr}"),
             admin: format!("http://{admin_addr}"),
             hashes_addr,
             client: reqwest::Client::new(),
@@ -210,10 +230,12 @@ pub struct WardenProcess {
 impl WardenProcess {
     /// Starts `warden serve` on `data_dir` with `extra` flags and waits until it listens.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        warden::security::tls::install_crypto_provider();
         let mut child = Command::new(warden_binary())
             .arg("serve")
             .args(port_zero_flags(data_dir))
             .args(["--log-format", "json"])
+            .args(plain_jobs_unless_asked(extra))
             .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -1,0 +1,384 @@
+//! Mutual TLS on the jobs listener, over real TLS connections: who gets in, who does not,
+//! and what each principal may see.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{START_MS, TestApp, WardenProcess};
+use reqwest::StatusCode;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+use warden::clock::Clock;
+use warden::security::pki::{CertFiles, DevPki};
+use warden::security::tls::client_config;
+use warden::security::tokens::Role;
+
+async fn spawn_tls() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    TestApp::spawn_in(dir, Clock::manual(START_MS), &["--jobs-tls", "on"]).await
+}
+
+fn pki(app: &TestApp) -> DevPki {
+    DevPki::of(app.dir.path())
+}
+
+/// A client presenting `files`, trusting the CA at `ca`.
+fn client(ca: &Path, files: &CertFiles) -> reqwest::Client {
+    let tls = client_config(ca, &files.cert, &files.key).unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
+fn with_tls(tls: rustls::ClientConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
+fn roots(ca: &Path) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    roots
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+async fn call(
+    client: &reqwest::Client,
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = client.request(method, format!("{}{path}", app.jobs));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn start(client: &reqwest::Client, app: &TestApp, word: &str) -> String {
+    let (status, job) = call(
+        client,
+        app,
+        reqwest::Method::POST,
+        "/jobs",
+        Some(json!({"command": "echo", "args": [word]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    job["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_client_with_a_certificate_from_the_dev_pki_works_end_to_end() {
+    let app = spawn_tls().await;
+    let pki = pki(&app);
+    assert!(app.jobs.starts_with("https://"));
+    let admin = client(&pki.ca(), &pki.client("admin"));
+    let id = start(&admin, &app, "hi").await;
+    let output = admin
+        .get(format!("{}/jobs/{id}/output?follow=true", app.jobs))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&output[..], b"hi\n");
+    let (_, job) = call(
+        &admin,
+        &app,
+        reqwest::Method::GET,
+        &format!("/jobs/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        job["owner"], "admin",
+        "the principal is the certificate's CN"
+    );
+    assert_eq!(job["status"], "succeeded");
+
+    // The dev PKI's files and modes.
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&pki.dir), 0o700);
+    assert_eq!(mode(&pki.dir.join("clients")), 0o700);
+    for key in [
+        pki.dir.join("ca.key"),
+        pki.server().key,
+        pki.client("admin").key,
+    ] {
+        assert_eq!(mode(&key), 0o600, "{}", key.display());
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connections_without_a_good_certificate_or_over_old_tls_or_plain_http_are_refused() {
+    let app = spawn_tls().await;
+    let pki = pki(&app);
+
+    let no_certificate = with_tls(
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots(&pki.ca()))
+            .with_no_client_auth(),
+    );
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = DevPki::of(elsewhere.path());
+    other.ensure().unwrap();
+    let other_ca = client(&pki.ca(), &other.client("admin"));
+
+    let expired = {
+        let ca_key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.dir.join("ca.key")).unwrap())
+                .unwrap();
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.ca()).unwrap(), ca_key)
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "admin");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, "admin");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+        params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots(&pki.ca()))
+            .with_client_auth_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        with_tls(tls)
+    };
+
+    let tls12_only = {
+        let admin = pki.client("admin");
+        let tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots(&pki.ca()))
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(&admin.cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(&admin.key).unwrap(),
+            )
+            .unwrap();
+        with_tls(tls)
+    };
+
+    for (case, refused) in [
+        ("no certificate", &no_certificate),
+        ("a certificate from another CA", &other_ca),
+        ("an expired certificate", &expired),
+        ("TLS 1.2 only", &tls12_only),
+    ] {
+        let response = refused
+            .post(format!("{}/jobs", app.jobs))
+            .json(&json!({"command": "touch", "args": ["/tmp/never"]}))
+            .send()
+            .await;
+        assert!(
+            response.is_err(),
+            "{case} got through: {:?}",
+            response.map(|r| r.status())
+        );
+    }
+    let plain = reqwest::Client::new()
+        .get(format!("{}/jobs", app.jobs.replace("https://", "http://")))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || plain.unwrap().status() != 200,
+        "plain HTTP got through"
+    );
+
+    let admin = client(&pki.ca(), &pki.client("admin"));
+    let (_, jobs) = call(&admin, &app, reqwest::Method::GET, "/jobs", None).await;
+    assert_eq!(jobs, json!([]), "nothing was queued by a refused client");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn users_with_their_own_certificates_see_only_their_jobs_and_an_admin_sees_all() {
+    let app = spawn_tls().await;
+    let pki = pki(&app);
+    let alice = client(&pki.ca(), &pki.issue_client("alice", false, 30).unwrap());
+    let bob = client(&pki.ca(), &pki.issue_client("bob", false, 30).unwrap());
+    let admin = client(&pki.ca(), &pki.client("admin"));
+    let alices = start(&alice, &app, "a").await;
+    let bobs = start(&bob, &app, "b").await;
+
+    assert_eq!(
+        call(
+            &bob,
+            &app,
+            reqwest::Method::GET,
+            &format!("/jobs/{alices}"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            &alice,
+            &app,
+            reqwest::Method::POST,
+            &format!("/jobs/{bobs}/stop"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    let (_, mine) = call(&alice, &app, reqwest::Method::GET, "/jobs", None).await;
+    assert_eq!(mine.as_array().unwrap().len(), 1);
+    assert_eq!(mine[0]["owner"], "alice");
+    let (_, all) = call(&admin, &app, reqwest::Method::GET, "/jobs", None).await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_sent_over_tls_must_name_the_certificates_user() {
+    let app = spawn_tls().await;
+    let pki = pki(&app);
+    let alice = client(&pki.ca(), &pki.issue_client("alice", false, 30).unwrap());
+    let alices_token = app.token("alice", Role::User).await;
+    let bobs_token = app.token("bob", Role::Admin).await;
+    let jobs = format!("{}/jobs", app.jobs);
+
+    let same = alice
+        .get(&jobs)
+        .bearer_auth(&alices_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status(), 200);
+    let other = alice
+        .get(&jobs)
+        .bearer_auth(&bobs_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 401);
+    let bad = alice
+        .get(&jobs)
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_reuses_the_pki_and_clients_keep_working() {
+    let app = spawn_tls().await;
+    let pki = pki(&app);
+    let ca_before = std::fs::read(pki.ca()).unwrap();
+    let carol = pki.issue_client("carol", false, 30).unwrap();
+    let (dir, clock) = app.stop().await;
+
+    let app = TestApp::spawn_in(dir, clock, &["--jobs-tls", "on"]).await;
+    assert_eq!(std::fs::read(pki_of(&app).ca()).unwrap(), ca_before);
+    let carol = client(&pki_of(&app).ca(), &carol);
+    let (status, _) = call(&carol, &app, reqwest::Method::GET, "/jobs", None).await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
+
+fn pki_of(app: &TestApp) -> DevPki {
+    pki(app)
+}
+
+#[tokio::test]
+async fn the_cli_works_over_mutual_tls_with_no_set_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let warden = WardenProcess::start(dir.path(), &["--jobs-tls", "on"]).await;
+    let url = warden.jobs.replace("http://", "https://");
+    let data_dir = dir.path().display().to_string();
+    let run = |args: Vec<String>, env: Vec<(String, String)>| async move {
+        let output = tokio::process::Command::new(common::warden_binary())
+            .args(args)
+            .envs(env)
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let env = vec![
+        ("WARDEN_URL".to_owned(), url.clone()),
+        ("WARDEN_DATA_DIR".to_owned(), data_dir.clone()),
+    ];
+    let (code, started, stderr) = run(
+        ["jobs", "start", "--", "echo", "hi"]
+            .map(String::from)
+            .to_vec(),
+        env.clone(),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let id = serde_json::from_str::<Value>(&started).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, logs, stderr) = run(
+        vec!["jobs".into(), "logs".into(), "-f".into(), id],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(logs, "hi\n");
+
+    let mut missing = env.clone();
+    missing.push(("WARDEN_CERT".into(), "/nonexistent/me.pem".into()));
+    let (code, _, stderr) = run(["jobs", "list"].map(String::from).to_vec(), missing).await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("/nonexistent/me.pem"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    DevPki::of(elsewhere.path()).ensure().unwrap();
+    let mut foreign = env.clone();
+    foreign.push((
+        "WARDEN_DATA_DIR".into(),
+        elsewhere.path().display().to_string(),
+    ));
+    let (code, _, stderr) = run(["jobs", "list"].map(String::from).to_vec(), foreign).await;
+    assert_eq!(code, Some(1), "a client of another PKI");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+}
