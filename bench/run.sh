@@ -11,11 +11,13 @@
 # data dirs seeded with sqlite3: GET / over 100 000 live instances in 1 000 groups, and
 # heartbeats while the purge deletes 100 000 expired rows (their worst latency).
 # Then the job runner (bench/jobs_bench.py): 1 000 `true` jobs through the API against
-# `xargs -P`, and one job writing 1 GiB with 4 followers (MB/s, warden's RSS growth).
+# `xargs -P`, and one job writing 1 GiB with 4 followers (MB/s, warden's RSS growth). Last,
+# the cost of security (bench/mtls_load.rs): GET /jobs on keep-alive connections over mutual
+# TLS against plain HTTP, and new mutual-TLS connections per second.
 # Targets: POST /hash >= 0.5x no-op, p99 <= 5 ms, peak RSS <= 64 MB (issue 3);
 # heartbeats >= 0.4x no-op, p99 <= 5 ms; GET / <= 20 ms; no heartbeat blocked > 50 ms by the
 # purge (issue 4); jobs >= 0.3x the raw spawn rate; output >= 150 MB/s with all 4 followers
-# keeping up; follower RSS growth <= 32 MB (issue 5).
+# keeping up; follower RSS growth <= 32 MB (issue 5); keep-alive mTLS >= 0.8x plain (issue 6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-cargo build --release --locked --quiet --bin warden --example noop
+cargo build --release --locked --quiet --bin warden --example noop --example mtls_load
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -60,7 +62,7 @@ target/release/examples/noop "$NOOP_ADDR" &
 pids+=($!)
 target/release/warden serve --data-dir "$work/data" --sync full \
   --hashes-addr "$HASHES_ADDR" --admin-addr "$ADMIN_ADDR" \
-  --registry-addr "$REGISTRY_ADDR" --jobs-addr "$JOBS_ADDR" 2>"$work/warden.log" &
+  --registry-addr "$REGISTRY_ADDR" --jobs-addr "$JOBS_ADDR" --jobs-tls off 2>"$work/warden.log" &
 warden_pid=$!
 pids+=($warden_pid)
 wait_for "http://$NOOP_ADDR/"
@@ -155,3 +157,24 @@ echo
 echo "job runner ($(nproc) workers):"
 token=$(target/release/warden token issue --user bench --role admin --data-dir "$work/data")
 python3 bench/jobs_bench.py "http://$JOBS_ADDR" "$token" "$(nproc)" "$warden_pid"
+
+echo
+echo "cost of security: GET /jobs, 16 connections, ${DURATION%s} s each (bench/mtls_load.rs):"
+serve_jobs() { # DIR ADDR ADMIN TLS
+  target/release/warden serve --data-dir "$1" --no-hashes --no-registry --jobs-addr "$2" \
+    --admin-addr "$3" --jobs-tls "$4" 2>>"$work/seeded.log" &
+  pids+=($!)
+  wait_for "http://$3/healthz"
+}
+serve_jobs "$work/mtls" 127.0.0.1:18643 127.0.0.1:19491 on
+serve_jobs "$work/plain" 127.0.0.1:18743 127.0.0.1:19591 off
+seconds=${DURATION%s}
+plain_token=$(target/release/warden token issue --user bench --role admin --data-dir "$work/plain")
+export WARDEN_CA="$work/mtls/pki/ca.pem" WARDEN_CERT="$work/mtls/pki/clients/admin.pem" \
+  WARDEN_KEY="$work/mtls/pki/clients/admin.key"
+tls_rate=$(target/release/examples/mtls_load https://127.0.0.1:18643 keepalive "$seconds" 16)
+plain_rate=$(WARDEN_TOKEN=$plain_token target/release/examples/mtls_load http://127.0.0.1:18743 keepalive "$seconds" 16)
+handshakes=$(target/release/examples/mtls_load https://127.0.0.1:18643 new "$seconds" 16)
+awk -v tls="$tls_rate" -v plain="$plain_rate" -v new="$handshakes" 'BEGIN {
+  printf "  keep-alive: %d req/s over mutual TLS, %d req/s plain: %.2fx\n", tls, plain, tls / plain
+  printf "  new mutual-TLS connections (one request each): %d/s\n", new }'
