@@ -74,5 +74,6 @@ async fn main() -> Result<(), String> {
     #[allow(clippy::cast_precision_loss)] // a rate to print
     let rate = done.load(Ordering::Relaxed) as f64 / seconds as f64;
     let mut out = std::io::stdout().lock();
-    std::io::Write::write_fmt(&mut out, format_args!("{rate:.0}\n")).map_err(|error| error.to_string())
+    std::io::Write::write_fmt(&mut out, format_args!("{rate:.0}\n"))
+        .map_err(|error| error.to_string())
 }

@@ -233,6 +233,25 @@ async fn commit<B: Batch>(
     Ok(answers)
 }
 
+/// Creates `data_dir` (mode 0700) or takes group and other access away from it: it holds the
+/// token signing key, every job's output and the dev PKI, so no other OS user may enter it.
+fn restrict_to_owner(data_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    let mode = std::fs::metadata(data_dir)?.permissions().mode();
+    if mode & 0o077 != 0
+        && let Err(error) =
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(mode & 0o700))
+    {
+        tracing::warn!(%error, dir = %data_dir.display(),
+            "cannot make the data directory private; other users may read it");
+    }
+    Ok(())
+}
+
 /// Holds the exclusive lock on a data directory for as long as it lives.
 #[derive(Debug)]
 pub struct DataDirLock {
@@ -260,7 +279,7 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, LockError> {
         path: data_dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(data_dir).map_err(io)?;
+    restrict_to_owner(data_dir).map_err(io)?;
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -132,3 +132,21 @@ async fn shutdown_finishes_in_flight_work_refuses_new_work_and_ends_cleanly() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_data_directory_is_private_to_warden_s_user() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = TestApp::spawn_in(dir, warden::clock::Clock::manual(common::START_MS), &[]).await;
+    let mode = std::fs::metadata(app.dir.path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        mode, 0o700,
+        "the token key and every job's output live in there"
+    );
+    app.stop().await;
+}

@@ -356,7 +356,7 @@ async fn the_cli_starts_follows_inspects_and_stops_jobs() {
     );
 
     let (code, _, stderr) = warden_cli(&["jobs", "stop", id], &env).await;
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(1), "a succeeded job cannot be stopped");
     assert!(
         stderr.contains("409") && stderr.contains("already ended"),
         "{stderr}"

@@ -51,6 +51,8 @@ pub struct Jobs {
     db: Database,
     keys: TokenKeys,
     clock: Clock,
+    /// Cancelled when warden shuts down: followers end then, whatever their job does.
+    shutdown: CancellationToken,
 }
 
 impl FromRef<Jobs> for TokenKeys {
@@ -75,6 +77,7 @@ impl Jobs {
             db: db.clone(),
             keys,
             clock,
+            shutdown: shutdown.clone(),
         })
     }
 }
@@ -258,14 +261,17 @@ async fn read_job(
 }
 
 /// `POST /jobs/{id}/stop`: stops a queued job at once, a running one with SIGTERM (SIGKILL
-/// after the grace), and answers with the job once it has ended. 409 if it had already
-/// ended; repeating a stop while it is stopping is harmless.
+/// after the grace), and answers with the job once it has ended. Idempotent: a stopped job
+/// answers 200 again; a job that ended any other way answers 409.
 async fn stop_job(
     State(jobs): State<Jobs>,
     principal: Principal,
     PathParams(id): PathParams<String>,
 ) -> Result<Json<Job>> {
     let job = visible_job(&jobs.db.reads, &principal, &id).await?;
+    if job.status == "stopped" {
+        return Ok(Json(Job::from(job)));
+    }
     if job.is_finished() {
         return Err(Error::Conflict(format!(
             "the job has already ended: {}",
@@ -273,12 +279,22 @@ async fn stop_job(
         )));
     }
     let mut progress = jobs.runner.watch(job.seq);
-    {
+    let stopped_while_queued = {
         let mut conn = jobs.db.write_connection().await?;
         let now = jobs.clock.now_ms();
-        if !store::stop_queued(&mut conn, job.seq, now).await? {
+        let queued = store::stop_queued(&mut conn, job.seq, now).await?;
+        if !queued {
             store::request_stop(&mut conn, job.seq, now).await?;
         }
+        queued
+    };
+    if stopped_while_queued {
+        drop(progress);
+        jobs.runner.ended_unrun(job.seq);
+        let job = store::find(&jobs.db.reads, &id).await?;
+        return job
+            .map(|job| Json(Job::from(job)))
+            .ok_or_else(|| Error::not_found("no job with that id"));
     }
     jobs.runner.stop(job.seq);
     let wait = jobs.runner.stop_grace() + STOP_SLACK;
@@ -344,6 +360,7 @@ async fn read_output(
         seq: job.seq,
         offset,
         progress,
+        shutdown: jobs.shutdown.clone(),
         ready: VecDeque::new(),
         done: false,
     };
@@ -363,6 +380,7 @@ struct OutputReader {
     offset: i64,
     /// Present while following a job that has not ended.
     progress: Option<watch::Receiver<Progress>>,
+    shutdown: CancellationToken,
     ready: VecDeque<Bytes>,
     done: bool,
 }
@@ -382,6 +400,9 @@ impl OutputReader {
             match store::read_output(&self.reads, self.seq, self.offset, READ_CHUNKS).await {
                 Ok(chunks) => {
                     for (start, bytes) in chunks {
+                        // A chunk past `offset` means bytes that were never stored (the job
+                        // says `outputTruncated`): go on from where stored output resumes.
+                        self.offset = self.offset.max(start);
                         let skip = usize::try_from(self.offset - start).unwrap_or(0);
                         if skip < bytes.len() {
                             let bytes = Bytes::from(bytes).slice(skip..);
@@ -410,8 +431,14 @@ impl OutputReader {
                 self.progress = None;
                 continue;
             }
-            if progress.changed().await.is_err() {
-                self.progress = None;
+            tokio::select! {
+                changed = progress.changed() => {
+                    if changed.is_err() {
+                        self.progress = None;
+                    }
+                }
+                // Shutting down: what is stored so far, then the end.
+                () = self.shutdown.cancelled() => self.progress = None,
             }
         }
     }

@@ -113,14 +113,30 @@ impl Runner {
         self.live_job(seq, |job| job.progress.subscribe())
     }
 
-    /// Drops the entry for a job that has ended, if nobody else waits on it.
+    /// Drops the entry of a job the database says has ended, if nobody waits on it any more
+    /// (call it after dropping your own receiver).
     pub fn forget_if_idle(&self, seq: i64) {
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         if live
             .get(&seq)
-            .is_some_and(|job| job.progress.receiver_count() <= 1 && !job.stop.is_cancelled())
+            .is_some_and(|job| job.progress.receiver_count() == 0)
         {
             live.remove(&seq);
+        }
+    }
+
+    /// Tells followers of a job that ended without running (stopped while queued) that it
+    /// has ended.
+    pub fn ended_unrun(&self, seq: i64) {
+        let entry = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&seq);
+        if let Some(entry) = entry {
+            entry
+                .progress
+                .send_modify(|progress| progress.finished = true);
         }
     }
 
@@ -204,7 +220,11 @@ impl Runner {
                 Err(fault) => {
                     tracing::error!(%fault, "a job worker could not record or claim a job; retrying");
                     if !claim {
-                        // Shutting down: the next start marks an unrecorded job interrupted.
+                        // Shutting down: the next start marks the unrecorded job interrupted;
+                        // its followers are told it has ended here.
+                        if let Some((job, ending)) = ended.take() {
+                            self.announce_end(&job, &ending);
+                        }
                         return;
                     }
                     tokio::select! {
@@ -254,7 +274,14 @@ impl Runner {
         shutdown: &CancellationToken,
     ) -> Ending {
         let args: Vec<String> = serde_json::from_str(&job.args).unwrap_or_default();
-        let spawned = Command::new(&job.command)
+        let mut command = Command::new(&job.command);
+        // warden's own settings (WARDEN_TOKEN among them) are not the job's business.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("WARDEN_") {
+                command.env_remove(name);
+            }
+        }
+        let spawned = command
             .args(&args)
             .process_group(0)
             .stdin(Stdio::null())
@@ -283,9 +310,20 @@ impl Runner {
                 truncated: false,
             };
         };
-        self.record_process(job.seq, pid).await;
+        if let Err(fault) = self.record_process(job.seq, pid).await {
+            // Unrecorded, the process could not be found again after a crash: do not run it.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = child.wait().await;
+            return Ending {
+                status: "failed",
+                exit_code: None,
+                signal: None,
+                error: Some(format!("could not record the job's process: {fault}")),
+                truncated: false,
+            };
+        }
 
-        let output = tokio::spawn(pump_output(
+        let mut output = tokio::spawn(pump_output(
             child.stdout.take(),
             child.stderr.take(),
             job.seq,
@@ -300,11 +338,14 @@ impl Runner {
         };
         // Whatever the job left running in its group goes with it.
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        let truncated = match tokio::time::timeout(OUTPUT_DRAIN, output).await {
+        let truncated = match tokio::time::timeout(OUTPUT_DRAIN, &mut output).await {
             Ok(Ok(summary)) => summary.truncated,
             _ => {
+                // A process that left the group still holds the pipe: stop reading it, so
+                // nothing is appended to a job recorded as ended.
+                output.abort();
                 tracing::warn!(job = %job.id, "output did not end with the job; it was cut");
-                false
+                true
             }
         };
         ending(&status, cut_short, truncated)
@@ -323,10 +364,10 @@ impl Runner {
         }
     }
 
-    async fn record_process(&self, seq: i64, pid: i32) {
+    async fn record_process(&self, seq: i64, pid: i32) -> Result<(), StorageFault> {
         let boot_id = current_boot_id();
         let start_ticks = process_start_ticks(pid);
-        let recorded = match self.db.write_connection().await {
+        match self.db.write_connection().await {
             Ok(mut conn) => store::record_process(
                 &mut conn,
                 seq,
@@ -337,9 +378,6 @@ impl Runner {
             .await
             .map_err(|error| StorageFault::of(&error)),
             Err(fault) => Err(fault),
-        };
-        if let Err(fault) = recorded {
-            tracing::warn!(%fault, pid, "could not record a job's process");
         }
     }
 }
@@ -422,7 +460,11 @@ async fn pump_output(
                     Ok(end) => progress.send_modify(|progress: &mut Progress| {
                         progress.committed = progress.committed.max(end);
                     }),
-                    Err(fault) => tracing::error!(%fault, "a chunk of job output was lost"),
+                    Err(fault) => {
+                        // The bytes are gone; say so on the job rather than pretend.
+                        truncated = true;
+                        tracing::error!(%fault, "a chunk of job output could not be stored");
+                    }
                 }
             }
             piece = arriving.recv(), if open && in_flight.len() < IN_FLIGHT => {
@@ -453,12 +495,8 @@ async fn pump_output(
                     - i64::try_from(bytes.len()).unwrap_or(i64::MAX);
                 let end = start_offset + i64::try_from(bytes.len()).unwrap_or(i64::MAX);
                 let writer = writer.clone();
-                in_flight.push_back(async move {
-                    writer
-                        .submit(OutputChunk { job_seq, start_offset, bytes })
-                        .await
-                        .map(|()| end)
-                });
+                let chunk = OutputChunk { job_seq, start_offset, bytes, truncated };
+                in_flight.push_back(async move { writer.submit(chunk).await.map(|()| end) });
             }
         }
     }

@@ -119,25 +119,44 @@ pub async fn find(reads: &SqlitePool, id: &str) -> Result<Option<JobRow>, sqlx::
     .await
 }
 
-/// Jobs newest first, of `owner` only if given, in `status` only if given.
+/// Jobs newest first, of `owner` only if given, in `status` only if given. A user's list is
+/// read through `jobs_by_owner`, so it costs that user's jobs, not everyone's.
 pub async fn list(
     reads: &SqlitePool,
     owner: Option<&str>,
     status: Option<&str>,
 ) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as!(
-        JobRow,
-        r#"SELECT seq AS "seq!", id, name, command, args, owner, status, exit_code, signal,
-                  error, created_at_ms, started_at_ms, finished_at_ms, output_bytes,
-                  output_truncated
-           FROM jobs
-           WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR status = ?2)
-           ORDER BY seq DESC"#,
-        owner,
-        status
-    )
-    .fetch_all(reads)
-    .await
+    match owner {
+        Some(owner) => {
+            sqlx::query_as!(
+                JobRow,
+                r#"SELECT seq AS "seq!", id, name, command, args, owner, status, exit_code,
+                          signal, error, created_at_ms, started_at_ms, finished_at_ms,
+                          output_bytes, output_truncated
+                   FROM jobs
+                   WHERE owner = ?1 AND (?2 IS NULL OR status = ?2)
+                   ORDER BY seq DESC"#,
+                owner,
+                status
+            )
+            .fetch_all(reads)
+            .await
+        }
+        None => {
+            sqlx::query_as!(
+                JobRow,
+                r#"SELECT seq AS "seq!", id, name, command, args, owner, status, exit_code,
+                          signal, error, created_at_ms, started_at_ms, finished_at_ms,
+                          output_bytes, output_truncated
+                   FROM jobs
+                   WHERE ?1 IS NULL OR status = ?1
+                   ORDER BY seq DESC"#,
+                status
+            )
+            .fetch_all(reads)
+            .await
+        }
+    }
 }
 
 /// Claims the oldest queued job for a worker: one guarded statement, so no job runs twice.
@@ -199,7 +218,7 @@ async fn finish(
     sqlx::query!(
         "UPDATE jobs
          SET status = ?2, exit_code = ?3, signal = ?4, error = ?5, finished_at_ms = ?6,
-             output_truncated = ?7, pid = NULL
+             output_truncated = max(output_truncated, ?7), pid = NULL
          WHERE seq = ?1 AND status = 'running'",
         seq,
         ending.status,
@@ -303,6 +322,8 @@ pub struct OutputChunk {
     pub job_seq: i64,
     pub start_offset: i64,
     pub bytes: Bytes,
+    /// Output was dropped before this chunk (past the limit): the job says so at once.
+    pub truncated: bool,
 }
 
 /// The batch that appends output chunks, and moves each job's `output_bytes` on, in one
@@ -331,20 +352,28 @@ impl Batch for AppendOutput {
             .execute(&mut *tx)
             .await?;
         }
-        // Chunks of one job arrive in order, so the last one of each job ends its output.
-        let mut ends: Vec<(i64, i64)> = Vec::new();
+        // One update per job in the batch: where its output now ends, and whether any was
+        // dropped.
+        let mut ends: Vec<(i64, i64, bool)> = Vec::new();
         for chunk in requests {
             let end = chunk.start_offset + i64::try_from(chunk.bytes.len()).unwrap_or(i64::MAX);
-            match ends.iter_mut().find(|(seq, _)| *seq == chunk.job_seq) {
-                Some((_, known)) => *known = (*known).max(end),
-                None => ends.push((chunk.job_seq, end)),
+            match ends.iter_mut().find(|(seq, _, _)| *seq == chunk.job_seq) {
+                Some((_, known, truncated)) => {
+                    *known = (*known).max(end);
+                    *truncated |= chunk.truncated;
+                }
+                None => ends.push((chunk.job_seq, end, chunk.truncated)),
             }
         }
-        for (seq, end) in ends {
+        for (seq, end, truncated) in ends {
             sqlx::query!(
-                "UPDATE jobs SET output_bytes = max(output_bytes, ?2) WHERE seq = ?1",
+                "UPDATE jobs
+                 SET output_bytes = max(output_bytes, ?2),
+                     output_truncated = max(output_truncated, ?3)
+                 WHERE seq = ?1",
                 seq,
-                end
+                end,
+                truncated
             )
             .execute(&mut *tx)
             .await?;
@@ -354,9 +383,9 @@ impl Batch for AppendOutput {
     }
 }
 
-/// Up to `limit` output chunks of job `seq` from the one holding byte `offset` on, in order
-/// (the first may end at `offset` exactly, when `offset` is a chunk boundary). Both steps
-/// are index seeks, however long the output.
+/// Up to `limit` output chunks of job `seq` from the last one starting at or before `offset`
+/// on, in order (that first one may end at or before `offset`: the caller skips what it has
+/// already sent). Both steps are index seeks, however long the output.
 pub async fn read_output(
     reads: &SqlitePool,
     seq: i64,
