@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the `warden` command line (`serve`, `migrate`), logging set-up, exit codes.
+//! - [`cli`]: the `warden` command line (`serve`, `migrate`, `token`, `pki`, `jobs`, `hash`,
+//!   `stats`), logging set-up, exit codes.
 //! - [`config`]: every setting of `warden serve`, from flags and `WARDEN_*` variables.
 //! - [`supervisor`]: builds the services, binds one listener each, serves, and drains on
 //!   SIGTERM, SIGINT or `/shutdown`.
@@ -13,10 +14,13 @@
 //! - [`clock`]: the injectable time source.
 //! - [`hashes`]: `POST /hash`, `GET /hash/{id}`, `GET /stats`: router, SQL and input parsing.
 //! - [`registry`]: heartbeat discovery: `/{group}/{id}`, `/{group}`, `/`, and the purge job.
+//! - [`jobs`]: the job runner: router, SQL, the runner (workers, process groups, output)
+//!   and the CLI's HTTP client.
+//! - [`security`]: bearer tokens, the development PKI, and TLS configuration and identity.
 //! - [`admin`]: `GET /healthz` and `/shutdown`.
 //!
-//! Dependencies point one way: `supervisor` → services → `db`/`error`/`clock`. Services never
-//! import each other.
+//! Dependencies point one way: `supervisor` → services → `db`/`error`/`clock`/`security`.
+//! Services never import each other.
 
 pub mod admin;
 pub mod cli;
