@@ -202,6 +202,24 @@ pub async fn fill_empty_error_bodies(request: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(body))
 }
 
+/// Reads a whole request body under the route's `DefaultBodyLimit` of `limit` bytes: 413 past
+/// it, 400 if it cannot be read.
+pub async fn read_body(request: Request, limit: usize) -> Result<axum::body::Bytes> {
+    use axum::extract::FromRequest as _;
+    axum::body::Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| body_error(rejection.status(), limit))
+}
+
+/// The error for a body that could not be read, from the status axum gave it.
+pub fn body_error(status: StatusCode, limit: usize) -> Error {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::PayloadTooLarge { limit }
+    } else {
+        Error::BadRequest("the request body could not be read".into())
+    }
+}
+
 /// `Path`, but a path that cannot be decoded (bad percent-encoding, wrong arity) is our 400.
 #[derive(Debug)]
 pub struct PathParams<T>(pub T);

@@ -6,25 +6,13 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ANGRY_MONKEY, WardenProcess, warden_binary};
+use common::{ANGRY_MONKEY, WardenProcess};
 use tokio::process::Command;
 
 /// Runs `warden ARGS` with `env` to completion; returns (exit code, stderr).
 async fn run_warden(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let output = tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new(warden_binary())
-            .args(args)
-            .envs(env.iter().copied())
-            .output(),
-    )
-    .await
-    .expect("warden exited within 30 s")
-    .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let (code, _, stderr) = common::run_cli(args, env).await;
+    (code, stderr)
 }
 
 /// Flags, environment, and the setting the error must name.
@@ -276,24 +264,7 @@ async fn migrate_creates_the_database_and_exits() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
-/// Runs `warden ARGS` against a served warden; returns (exit code, stdout, stderr).
-async fn warden_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new(warden_binary())
-            .args(args)
-            .envs(env.iter().copied())
-            .output(),
-    )
-    .await
-    .expect("warden exited within 60 s")
-    .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use common::run_cli as warden_cli;
 
 /// `warden token issue` for `user` with `role` on `data_dir`.
 async fn issue_token(data_dir: &std::path::Path, user: &str, role: &str) -> String {

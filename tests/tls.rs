@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{START_MS, TestApp, WardenProcess};
+use common::{START_MS, TestApp, WardenProcess, run_cli};
 use reqwest::StatusCode;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -327,58 +327,30 @@ async fn the_cli_works_over_mutual_tls_with_no_set_up() {
     let warden = WardenProcess::start(dir.path(), &["--jobs-tls", "on"]).await;
     let url = warden.jobs.replace("http://", "https://");
     let data_dir = dir.path().display().to_string();
-    let run = |args: Vec<String>, env: Vec<(String, String)>| async move {
-        let output = tokio::process::Command::new(common::warden_binary())
-            .args(args)
-            .envs(env)
-            .output()
-            .await
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
-    let env = vec![
-        ("WARDEN_URL".to_owned(), url.clone()),
-        ("WARDEN_DATA_DIR".to_owned(), data_dir.clone()),
+    // Only the address and the data dir: the CLI finds the dev PKI's admin files itself.
+    let env = [
+        ("WARDEN_URL", url.as_str()),
+        ("WARDEN_DATA_DIR", data_dir.as_str()),
     ];
-    let (code, started, stderr) = run(
-        ["jobs", "start", "--", "echo", "hi"]
-            .map(String::from)
-            .to_vec(),
-        env.clone(),
-    )
-    .await;
+    let (code, started, stderr) = run_cli(&["jobs", "start", "--", "echo", "hi"], &env).await;
     assert_eq!(code, Some(0), "{stderr}");
-    let id = serde_json::from_str::<Value>(&started).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (code, logs, stderr) = run(
-        vec!["jobs".into(), "logs".into(), "-f".into(), id],
-        env.clone(),
-    )
-    .await;
+    let started: Value = serde_json::from_str(&started).unwrap();
+    let id = started["id"].as_str().unwrap();
+    let (code, logs, stderr) = run_cli(&["jobs", "logs", "-f", id], &env).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(logs, "hi\n");
 
-    let mut missing = env.clone();
-    missing.push(("WARDEN_CERT".into(), "/nonexistent/me.pem".into()));
-    let (code, _, stderr) = run(["jobs", "list"].map(String::from).to_vec(), missing).await;
+    let missing = [env[0], env[1], ("WARDEN_CERT", "/nonexistent/me.pem")];
+    let (code, _, stderr) = run_cli(&["jobs", "list"], &missing).await;
     assert_eq!(code, Some(1));
     assert!(stderr.contains("/nonexistent/me.pem"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 
     let elsewhere = tempfile::tempdir().unwrap();
     DevPki::of(elsewhere.path()).ensure().unwrap();
-    let mut foreign = env.clone();
-    foreign.push((
-        "WARDEN_DATA_DIR".into(),
-        elsewhere.path().display().to_string(),
-    ));
-    let (code, _, stderr) = run(["jobs", "list"].map(String::from).to_vec(), foreign).await;
+    let foreign_dir = elsewhere.path().display().to_string();
+    let foreign = [env[0], ("WARDEN_DATA_DIR", foreign_dir.as_str())];
+    let (code, _, stderr) = run_cli(&["jobs", "list"], &foreign).await;
     assert_eq!(code, Some(1), "a client of another PKI");
     assert!(stderr.contains("cannot reach"), "{stderr}");
 }

@@ -8,7 +8,7 @@ use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{StatusCode, header};
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, body_error, read_body};
 
 /// The most a `POST /hash` body may weigh; a password form needs far less.
 pub const BODY_LIMIT: usize = 8 * 1024;
@@ -75,9 +75,7 @@ pub async fn read_password(request: Request) -> Result<Password> {
 }
 
 async fn body_bytes(request: Request) -> Result<Bytes> {
-    Bytes::from_request(request, &())
-        .await
-        .map_err(|rejection| too_large_or_bad(rejection.status()))
+    read_body(request, BODY_LIMIT).await
 }
 
 async fn multipart_password(request: Request) -> Result<Option<Vec<u8>>> {
@@ -107,11 +105,7 @@ async fn multipart_password(request: Request) -> Result<Option<Vec<u8>>> {
 }
 
 fn too_large_or_bad(status: StatusCode) -> Error {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        Error::PayloadTooLarge { limit: BODY_LIMIT }
-    } else {
-        bad("the request body could not be read")
-    }
+    body_error(status, BODY_LIMIT)
 }
 
 fn bad(message: &str) -> Error {

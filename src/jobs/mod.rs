@@ -14,9 +14,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{
-    DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, RawQuery, Request, State,
-};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, RawQuery, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::db::Database;
-use crate::error::{Error, PathParams, Result, StorageFault};
+use crate::error::{Error, PathParams, Result, StorageFault, read_body};
 use crate::security::tls::ClientIdentity;
 use crate::security::tokens::{Principal, TokenError, TokenKeys};
 pub use runner::RunnerSettings;
@@ -172,15 +170,7 @@ async fn create_job(
     principal: Principal,
     request: Request,
 ) -> Result<Response> {
-    let body = Bytes::from_request(request, &())
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge { limit: BODY_LIMIT }
-            } else {
-                Error::BadRequest("the request body could not be read".into())
-            }
-        })?;
+    let body = read_body(request, BODY_LIMIT).await?;
     let new: NewJob = serde_json::from_slice(&body).map_err(|error| {
         Error::BadRequest(format!(
             "the body must be {{\"command\": string, \"args\": [string], \"name\": string}}: {error}"

@@ -11,8 +11,7 @@ mod store;
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, millis};
 use crate::db::{Database, Writer};
-use crate::error::{Error, PathParams, Result};
+use crate::error::{Error, PathParams, Result, read_body};
 use store::{Heartbeat, Instance, RecordHeartbeats};
 
 /// The most a heartbeat body (its meta) may weigh.
@@ -139,15 +138,7 @@ async fn heartbeat(
     request: Request,
 ) -> Result<Response> {
     check_names(&group, Some(&id))?;
-    let body = Bytes::from_request(request, &())
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge { limit: BODY_LIMIT }
-            } else {
-                Error::BadRequest("the request body could not be read".into())
-            }
-        })?;
+    let body = read_body(request, BODY_LIMIT).await?;
     let meta = meta_of(&body)?;
     let registered = registry
         .writer

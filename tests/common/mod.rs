@@ -211,6 +211,25 @@ impl TestApp {
     }
 }
 
+/// Runs `warden ARGS` with `env` added to completion; returns (exit code, stdout, stderr).
+pub async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(warden_binary())
+            .args(args)
+            .envs(env.iter().copied())
+            .output(),
+    )
+    .await
+    .expect("warden exited within 60 s")
+    .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// The `warden` binary this test run built.
 pub fn warden_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
