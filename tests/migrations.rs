@@ -41,15 +41,11 @@ async fn a_v0_1_0_database_upgrades_with_its_hashes_instances_jobs_and_output() 
         "ids continue after the old ones"
     );
 
-    let instance: serde_json::Value = app
-        .client
-        .get(format!("{}/particle-detector/e335", app.registry))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let instance: serde_json::Value = common::get_json(
+        &app.client,
+        format!("{}/particle-detector/e335", app.registry),
+    )
+    .await;
     assert_eq!(instance["meta"], serde_json::json!({"zone": "eu-1"}));
 
     // The fixture has no signing key (none is committed): the upgraded warden makes one.

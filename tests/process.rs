@@ -140,14 +140,8 @@ async fn kill_9_loses_no_acknowledged_hash_or_stat() {
         let hash = response.text().await.unwrap();
         assert_eq!(hash == ANGRY_MONKEY, password == "angryMonkey", "id {id}");
     }
-    let stats: serde_json::Value = client
-        .get(format!("{}/stats", warden.hashes))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: serde_json::Value =
+        common::get_json(&client, format!("{}/stats", warden.hashes)).await;
     let max_id = acknowledged.iter().map(|(id, _)| *id).max().unwrap();
     assert!(stats["total"].as_i64().unwrap() >= max_id);
 }
@@ -201,14 +195,8 @@ async fn kill_9_loses_no_acknowledged_heartbeat() {
     }
     let warden = WardenProcess::start(dir.path(), &["--instance-ttl", "1h"]).await;
     for (path, updated) in latest {
-        let stored: serde_json::Value = client
-            .get(format!("{}{path}", warden.registry))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stored: serde_json::Value =
+            common::get_json(&client, format!("{}{path}", warden.registry)).await;
         assert!(
             stored["updatedAt"].as_i64().unwrap() >= updated,
             "{path}: acknowledged {updated}, stored {stored}"

@@ -195,20 +195,18 @@ impl TestApp {
 
     /// `GET /stats` as (total, average).
     pub async fn stats(&self) -> (i64, i64) {
-        let stats: serde_json::Value = self
-            .client
-            .get(format!("{}/stats", self.hashes))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats: serde_json::Value =
+            get_json(&self.client, format!("{}/stats", self.hashes)).await;
         (
             stats["total"].as_i64().unwrap(),
             stats["average"].as_i64().unwrap(),
         )
     }
+}
+
+/// `GET url`, expecting a JSON body.
+pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// Runs `warden ARGS` with `env` added to completion; returns (exit code, stdout, stderr).
