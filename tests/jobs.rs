@@ -537,6 +537,8 @@ async fn binary_output_round_trips_byte_for_byte() {
         .await
         .unwrap();
     assert!(from[..] == data[123_457..]);
+    // Kept by the trigger on each stored chunk.
+    assert_eq!(alice.job(&id).await["outputBytes"], data.len());
     app.stop().await;
 }
 
