@@ -563,6 +563,37 @@ async fn output_past_the_limit_is_dropped_and_the_job_says_so() {
 }
 
 #[tokio::test]
+async fn a_running_job_says_at_once_that_output_was_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_in(
+        dir,
+        Clock::manual(START_MS),
+        &["--job-output-limit", "1000"],
+    )
+    .await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let id = alice
+        .start("sh", &["-c", "head -c 5000 /dev/zero; sleep 300"])
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let job = loop {
+        let job = alice.job(&id).await;
+        if job["outputTruncated"] == true || tokio::time::Instant::now() > deadline {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(job["outputTruncated"], true, "{job}");
+    assert_eq!(job["status"], "running", "said before the job ended");
+    assert_eq!(job["outputBytes"], 1000);
+    let (status, _) = alice
+        .call(Method::POST, &format!("/jobs/{id}/stop"), None)
+        .await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn jobs_and_their_output_survive_a_restart() {
     let app = TestApp::spawn().await;
     let alice = User::new(&app, "alice", Role::User).await;
