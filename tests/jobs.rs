@@ -515,6 +515,58 @@ async fn four_followers_get_the_first_bytes_early_and_the_whole_output() {
 }
 
 #[tokio::test]
+async fn late_followers_join_a_running_job_at_any_offset() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    // 3 MB before a pause, more than followers at the live edge read from memory, then more.
+    let data: Vec<u8> = (0..3_500_000_u32)
+        .map(|n| (n.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let (before, after) = (app.dir.path().join("before"), app.dir.path().join("after"));
+    std::fs::write(&before, &data[..3_000_000]).unwrap();
+    std::fs::write(&after, &data[3_000_000..]).unwrap();
+    let go = app.dir.path().join("go");
+    let script = format!(
+        "cat '{}'; while [ ! -e '{}' ]; do sleep 0.01; done; cat '{}'",
+        before.display(),
+        go.display(),
+        after.display()
+    );
+    let id = alice.start("sh", &["-c", &script]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while alice.job(&id).await["outputBytes"] != 3_000_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first part was stored"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let offsets = [0, 1_234_567, 2_999_999, 3_000_000];
+    let mut followers = Vec::new();
+    for offset in offsets {
+        followers.push(
+            alice
+                .output(&id, &format!("?follow=true&offset={offset}"))
+                .await,
+        );
+    }
+    std::fs::write(&go, b"").unwrap();
+    for (offset, follower) in offsets.into_iter().zip(followers) {
+        let followed = tokio::time::timeout(Duration::from_secs(30), follower.bytes())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(followed.len(), data.len() - offset, "from {offset}");
+        assert!(
+            followed[..] == data[offset..],
+            "output from {offset} differs"
+        );
+    }
+    assert_eq!(alice.job(&id).await["status"], "succeeded");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn binary_output_round_trips_byte_for_byte() {
     let app = TestApp::spawn().await;
     let alice = User::new(&app, "alice", Role::User).await;

@@ -37,8 +37,8 @@ use store::{Job, JobRow};
 
 /// The most a `POST /jobs` body may weigh.
 const BODY_LIMIT: usize = 64 * 1024;
-/// How many output chunks a reader takes from SQLite at a time (at most 512 KiB).
-const READ_CHUNKS: i64 = 8;
+/// How many output chunks a reader takes at a time (at most 512 KiB).
+const READ_CHUNKS: usize = 8;
 /// How long `POST /jobs/{id}/stop` waits past the grace for the process to be gone.
 const STOP_SLACK: Duration = Duration::from_secs(10);
 
@@ -384,10 +384,24 @@ impl OutputReader {
             if self.done {
                 return None;
             }
-            if let Some(progress) = &mut self.progress {
-                progress.borrow_and_update();
-            }
-            match store::read_output(&self.reads, self.seq, self.offset, READ_CHUNKS).await {
+            // At the live edge the chunks are still in memory; behind it, in SQLite.
+            let recent = self.progress.as_mut().and_then(|progress| {
+                progress
+                    .borrow_and_update()
+                    .recent_from(self.offset, READ_CHUNKS)
+            });
+            let chunks = match recent {
+                Some(chunks) => Ok(chunks),
+                None => store::read_output(&self.reads, self.seq, self.offset, READ_CHUNKS)
+                    .await
+                    .map(|chunks| {
+                        chunks
+                            .into_iter()
+                            .map(|(start, bytes)| (start, Bytes::from(bytes)))
+                            .collect()
+                    }),
+            };
+            match chunks {
                 Ok(chunks) => {
                     for (start, bytes) in chunks {
                         // A chunk past `offset` means bytes that were never stored (the job
@@ -395,7 +409,7 @@ impl OutputReader {
                         self.offset = self.offset.max(start);
                         let skip = usize::try_from(self.offset - start).unwrap_or(0);
                         if skip < bytes.len() {
-                            let bytes = Bytes::from(bytes).slice(skip..);
+                            let bytes = bytes.slice(skip..);
                             self.offset += i64::try_from(bytes.len()).unwrap_or(0);
                             self.ready.push_back(bytes);
                         }

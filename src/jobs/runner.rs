@@ -7,7 +7,7 @@
 //! when output is committed, never by polling; whatever a job leaves behind in its process
 //! group is killed when it ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -36,11 +36,42 @@ const IN_FLIGHT: usize = 16;
 /// the group can hold a pipe open forever).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 
-/// What followers of a job know: how much output is committed, and whether it has ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How many of a job's latest committed chunks stay in memory for its followers.
+const RECENT_CHUNKS: usize = 32;
+
+/// What followers of a job know: whether it has ended, and its latest committed output.
+#[derive(Debug, Clone, Default)]
 pub struct Progress {
-    pub committed: i64,
     pub finished: bool,
+    /// The latest committed chunks (start offset, bytes), in offset order: one copy for all
+    /// followers, so that a follower at the live edge reads memory, not SQLite.
+    recent: VecDeque<(i64, Bytes)>,
+}
+
+impl Progress {
+    /// Adds a chunk that is now committed, forgetting the oldest past [`RECENT_CHUNKS`].
+    fn committed(&mut self, start_offset: i64, bytes: Bytes) {
+        if self.recent.len() == RECENT_CHUNKS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((start_offset, bytes));
+    }
+
+    /// Up to `limit` committed chunks from `offset` on, if memory still holds everything
+    /// from `offset`: `None` when the caller must read SQLite (it is behind what memory
+    /// holds, or memory holds nothing), an empty list when nothing past `offset` is
+    /// committed yet. The first chunk may begin before `offset`.
+    pub fn recent_from(&self, offset: i64, limit: usize) -> Option<Vec<(i64, Bytes)>> {
+        let &(first, _) = self.recent.front()?;
+        if offset < first {
+            return None;
+        }
+        let end = |&(start, ref bytes): &(i64, Bytes)| {
+            start + i64::try_from(bytes.len()).unwrap_or(i64::MAX)
+        };
+        let from = self.recent.partition_point(|chunk| end(chunk) <= offset);
+        Some(self.recent.range(from..).take(limit).cloned().collect())
+    }
 }
 
 /// A job that is running, or that someone waits on.
@@ -457,9 +488,8 @@ async fn pump_output(
             biased;
             Some(committed) = in_flight.next(), if !in_flight.is_empty() => {
                 match committed {
-                    Ok(end) => progress.send_modify(|progress: &mut Progress| {
-                        progress.committed = progress.committed.max(end);
-                    }),
+                    Ok((start_offset, bytes)) => progress
+                        .send_modify(|progress| progress.committed(start_offset, bytes)),
                     Err(fault) => {
                         // The bytes are gone; say so on the job rather than pretend.
                         truncated = true;
@@ -490,13 +520,22 @@ async fn pump_output(
                 if pending.is_empty() {
                     continue;
                 }
-                let bytes = Bytes::from(std::mem::replace(&mut pending, Vec::with_capacity(CHUNK)));
+                let bytes = if pending.len() < CHUNK / 2 {
+                    // A trickle: copy it out rather than keep a whole chunk's allocation
+                    // alive in the queue and in the followers' memory.
+                    let bytes = Bytes::copy_from_slice(&pending);
+                    pending.clear();
+                    bytes
+                } else {
+                    Bytes::from(std::mem::replace(&mut pending, Vec::with_capacity(CHUNK)))
+                };
                 let start_offset = i64::try_from(accepted).unwrap_or(i64::MAX)
                     - i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-                let end = start_offset + i64::try_from(bytes.len()).unwrap_or(i64::MAX);
                 let writer = writer.clone();
-                let chunk = OutputChunk { job_seq, start_offset, bytes, truncated };
-                in_flight.push_back(async move { writer.submit(chunk).await.map(|()| end) });
+                let chunk = OutputChunk { job_seq, start_offset, bytes: bytes.clone(), truncated };
+                in_flight.push_back(async move {
+                    writer.submit(chunk).await.map(|()| (start_offset, bytes))
+                });
             }
         }
     }
@@ -542,6 +581,45 @@ fn process_start_ticks(pid: i32) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn starts(chunks: &[(i64, Bytes)]) -> Vec<i64> {
+        chunks.iter().map(|&(start, _)| start).collect()
+    }
+
+    #[test]
+    fn followers_read_memory_only_while_it_holds_everything_from_their_offset() {
+        let mut progress = Progress::default();
+        assert_eq!(
+            progress.recent_from(0, 8),
+            None,
+            "nothing held: read SQLite"
+        );
+        for start in (0..40).map(|n| n * 10) {
+            progress.committed(start, Bytes::from(vec![b'x'; 10]));
+        }
+        // The oldest eight of forty chunks are forgotten: 80..400 is held.
+        assert_eq!(
+            progress.recent_from(79, 8),
+            None,
+            "behind memory: read SQLite"
+        );
+        assert_eq!(starts(&progress.recent_from(80, 3).unwrap()), [80, 90, 100]);
+        // An offset inside a chunk gets that chunk (the caller skips what it has).
+        assert_eq!(starts(&progress.recent_from(395, 8).unwrap()), [390]);
+        assert_eq!(
+            progress.recent_from(400, 8),
+            Some(Vec::new()),
+            "at the edge"
+        );
+    }
+
+    #[test]
+    fn a_chunk_lost_to_a_failed_commit_leaves_a_gap_followers_skip() {
+        let mut progress = Progress::default();
+        progress.committed(0, Bytes::from_static(b"abc"));
+        progress.committed(10, Bytes::from_static(b"def"));
+        assert_eq!(starts(&progress.recent_from(3, 8).unwrap()), [10]);
+    }
 
     #[test]
     fn our_own_start_time_is_readable() {

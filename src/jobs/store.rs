@@ -412,8 +412,9 @@ pub async fn read_output(
     reads: &SqlitePool,
     seq: i64,
     offset: i64,
-    limit: i64,
+    limit: usize,
 ) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = sqlx::query!(
         r#"SELECT start_offset AS "start_offset!", bytes FROM job_output
          WHERE job_seq = ?1
