@@ -12,6 +12,7 @@ use warden::clock::Clock;
 use warden::security::tokens::Role;
 
 /// A client of one user of the jobs listener.
+#[derive(Clone)]
 struct User {
     client: reqwest::Client,
     base: String,
@@ -511,6 +512,44 @@ async fn four_followers_get_the_first_bytes_early_and_the_whole_output() {
         assert_eq!(&rest[..], b"last\n");
     }
     assert_eq!(alice.job(&id).await["status"], "succeeded");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_submissions_each_get_back_their_own_job() {
+    let app = TestApp::spawn().await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let bob = User::new(&app, "bob", Role::User).await;
+    let submit = |user: &User, n: usize| {
+        let name = format!("job-{n}");
+        let args = vec![name.clone(), n.to_string()];
+        let user = user.clone();
+        async move {
+            let body = json!({"command": "echo", "args": args, "name": name});
+            let (status, job) = user.call(Method::POST, "/jobs", Some(body)).await;
+            assert_eq!(status, 201, "{job}");
+            (n, job)
+        }
+    };
+    let mut submissions = Vec::new();
+    for n in 0..40 {
+        let user = if n % 2 == 0 { &alice } else { &bob };
+        submissions.push(tokio::spawn(submit(user, n)));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for submission in submissions {
+        let (n, job) = submission.await.unwrap();
+        // Each caller got back the job it sent, owned by whoever sent it.
+        assert_eq!(job["name"], format!("job-{n}"));
+        assert_eq!(job["args"], json!([format!("job-{n}"), n.to_string()]));
+        assert_eq!(job["owner"], if n % 2 == 0 { "alice" } else { "bob" });
+        assert!(ids.insert(job["id"].as_str().unwrap().to_owned()));
+        let id = job["id"].as_str().unwrap();
+        let owner = if n % 2 == 0 { &alice } else { &bob };
+        assert_eq!(owner.wait(id).await, format!("job-{n} {n}\n").into_bytes());
+    }
+    let (_, listed) = alice.call(Method::GET, "/jobs", None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 20, "alice sees her 20");
     app.stop().await;
 }
 

@@ -27,13 +27,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
-use crate::db::Database;
+use crate::db::{Database, Writer};
 use crate::error::{Error, PathParams, Result, StorageFault, read_body};
 use crate::security::tls::ClientIdentity;
 use crate::security::tokens::{Principal, TokenError, TokenKeys};
 pub use runner::RunnerSettings;
 use runner::{Progress, Runner};
-use store::{Job, JobRow};
+use store::{Job, JobRow, NewJobRow, QueueJobs};
 
 /// The most a `POST /jobs` body may weigh.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -46,6 +46,8 @@ const STOP_SLACK: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Jobs {
     runner: Runner,
+    /// Queues new jobs in group commits.
+    queue: Writer<QueueJobs>,
     db: Database,
     keys: TokenKeys,
     clock: Clock,
@@ -72,6 +74,7 @@ impl Jobs {
         let runner = Runner::start(db, tasks, shutdown, clock.clone(), settings).await?;
         Ok(Self {
             runner,
+            queue: db.writer(QueueJobs, tasks),
             db: db.clone(),
             keys,
             clock,
@@ -180,19 +183,17 @@ async fn create_job(
     let id = uuid::Uuid::new_v4().to_string();
     let args =
         serde_json::to_string(&new.args).map_err(|error| Error::Internal(error.to_string()))?;
-    let row = {
-        let mut conn = jobs.db.write_connection().await?;
-        store::insert(
-            &mut conn,
-            &id,
-            new.name.as_deref(),
-            &new.command,
-            &args,
-            &principal.user,
-            jobs.clock.now_ms(),
-        )
-        .await?
-    };
+    let row = jobs
+        .queue
+        .submit(NewJobRow {
+            id: id.clone(),
+            name: new.name,
+            command: new.command,
+            args,
+            owner: principal.user.clone(),
+            created_at_ms: jobs.clock.now_ms(),
+        })
+        .await?;
     jobs.runner.wake();
     tracing::info!(job = %id, owner = %principal.user, "job queued");
     let location = HeaderValue::from_str(&format!("/jobs/{id}"))

@@ -77,32 +77,62 @@ impl From<JobRow> for Job {
     }
 }
 
-/// Queues a job; returns it as stored.
-pub async fn insert(
-    conn: &mut SqliteConnection,
-    id: &str,
-    name: Option<&str>,
-    command: &str,
-    args: &str,
-    owner: &str,
-    now_ms: i64,
-) -> Result<JobRow, sqlx::Error> {
-    sqlx::query_as!(
-        JobRow,
-        r#"INSERT INTO jobs (id, name, command, args, owner, created_at_ms)
-           VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-           RETURNING seq AS "seq!", id, name, command, args, owner, status, exit_code, signal,
-                     error, created_at_ms, started_at_ms, finished_at_ms, output_bytes,
-                     output_truncated"#,
-        id,
-        name,
-        command,
-        args,
-        owner,
-        now_ms
-    )
-    .fetch_one(&mut *conn)
-    .await
+/// A job to queue.
+#[derive(Debug, Serialize)]
+pub struct NewJobRow {
+    pub id: String,
+    pub name: Option<String>,
+    pub command: String,
+    /// The arguments as a JSON array of strings.
+    pub args: String,
+    pub owner: String,
+    pub created_at_ms: i64,
+}
+
+/// The batch that queues jobs: one statement for the whole batch, so concurrent submissions
+/// share one commit instead of each paying for its own.
+#[derive(Debug)]
+pub struct QueueJobs;
+
+impl Batch for QueueJobs {
+    type Request = NewJobRow;
+    type Reply = JobRow;
+
+    async fn write(
+        &self,
+        conn: &mut SqliteConnection,
+        requests: &[NewJobRow],
+    ) -> Result<Vec<JobRow>, sqlx::Error> {
+        let jobs = serde_json::to_string(requests)
+            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        // In submission order, so that `seq` (the queue order) follows it.
+        let mut rows = sqlx::query_as!(
+            JobRow,
+            r#"INSERT INTO jobs (id, name, command, args, owner, created_at_ms)
+               SELECT job.value ->> 'id', job.value ->> 'name', job.value ->> 'command',
+                      job.value ->> 'args', job.value ->> 'owner', job.value ->> 'created_at_ms'
+               FROM json_each(?1) AS job
+               ORDER BY job.key
+               RETURNING seq AS "seq!", id, name, command, args, owner, status, exit_code,
+                         signal, error, created_at_ms, started_at_ms, finished_at_ms,
+                         output_bytes, output_truncated"#,
+            jobs
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.sort_unstable_by_key(|row| row.seq);
+        if rows.len() != requests.len()
+            || rows
+                .iter()
+                .zip(requests)
+                .any(|(row, request)| row.id != request.id)
+        {
+            return Err(sqlx::Error::Protocol(
+                "the queued jobs came back out of submission order".into(),
+            ));
+        }
+        Ok(rows)
+    }
 }
 
 /// The job with public id `id`.
