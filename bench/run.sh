@@ -131,8 +131,10 @@ serve_seeded() {
   target/release/warden serve --data-dir "$dir" --no-hashes --registry-addr "$registry" \
     --admin-addr "$admin" --jobs-addr 127.0.0.1:0 --log-format json "$@" 2>>"$work/seeded.log" &
   pids+=($!)
+  seeded+=($!)
   wait_for "http://$admin/healthz"
 }
+seeded=()
 
 echo
 echo "GET / over 100 000 live instances in 1 000 groups (wrk -t1 -c1 -d$DURATION):"
@@ -152,6 +154,8 @@ awk '/^Requests\/sec:/ {rate = $2} /^    Latency/ {max = $4} $1 == "99%" {p99 = 
   END {printf "  %s heartbeats/s, p99 %s, worst %s\n", rate, p99, max}' "$work/purge.txt"
 grep -o '"purged":[0-9]*' "$work/seeded.log" | awk -F: '{sum += $2} END {printf "  purged %d expired rows during the run", sum}'
 echo "; $left still to purge"
+# The seeded wardens' purges would otherwise run on through the measurements below.
+kill "${seeded[@]}" 2>/dev/null || true
 
 echo
 echo "job runner ($(nproc) workers):"
