@@ -1,5 +1,7 @@
 //! The job runner's SQL: the queue, each job's record, and its output chunks.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use serde::Serialize;
 use sqlx::Connection as _;
@@ -106,7 +108,7 @@ impl Batch for QueueJobs {
         let jobs = serde_json::to_string(requests)
             .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
         // In submission order, so that `seq` (the queue order) follows it.
-        let mut rows = sqlx::query_as!(
+        let rows = sqlx::query_as!(
             JobRow,
             r#"INSERT INTO jobs (id, name, command, args, owner, created_at_ms)
                SELECT job.value ->> 'id', job.value ->> 'name', job.value ->> 'command',
@@ -120,18 +122,13 @@ impl Batch for QueueJobs {
         )
         .fetch_all(&mut *conn)
         .await?;
-        rows.sort_unstable_by_key(|row| row.seq);
-        if rows.len() != requests.len()
-            || rows
-                .iter()
-                .zip(requests)
-                .any(|(row, request)| row.id != request.id)
-        {
-            return Err(sqlx::Error::Protocol(
-                "the queued jobs came back out of submission order".into(),
-            ));
-        }
-        Ok(rows)
+        let mut by_id: HashMap<String, JobRow> =
+            rows.into_iter().map(|row| (row.id.clone(), row)).collect();
+        requests
+            .iter()
+            .map(|request| by_id.remove(&request.id))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| sqlx::Error::Protocol("a queued job got no row back".into()))
     }
 }
 
