@@ -554,6 +554,29 @@ async fn concurrent_submissions_each_get_back_their_own_job() {
 }
 
 #[tokio::test]
+async fn one_worker_runs_queued_jobs_in_submission_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-workers", "1"]).await;
+    let alice = User::new(&app, "alice", Role::User).await;
+    let go = app.dir.path().join("go");
+    let gate = format!("while [ ! -e '{}' ]; do sleep 0.01; done", go.display());
+    let gate = alice.start("sh", &["-c", &gate]).await;
+    let log = app.dir.path().join("log");
+    let mut queued = Vec::new();
+    for n in 0..5 {
+        let script = format!("echo {n} >> '{}'", log.display());
+        queued.push(alice.start("sh", &["-c", &script]).await);
+    }
+    std::fs::write(&go, b"").unwrap();
+    alice.wait(&gate).await;
+    for id in &queued {
+        alice.wait(id).await;
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "0\n1\n2\n3\n4\n");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn late_followers_join_a_running_job_at_any_offset() {
     let app = TestApp::spawn().await;
     let alice = User::new(&app, "alice", Role::User).await;
