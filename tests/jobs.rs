@@ -301,43 +301,18 @@ async fn bad_requests_are_4xx_and_change_nothing() {
     ] {
         assert_eq!(alice.call(Method::GET, path, None).await.0, 400, "{path}");
     }
-    assert_eq!(
-        alice
-            .call(Method::POST, "/jobs/not-a-uuid/stop", None)
-            .await
-            .0,
-        400
-    );
     let unknown = uuid::Uuid::new_v4();
-    assert_eq!(
-        alice
-            .call(Method::GET, &format!("/jobs/{unknown}"), None)
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        alice
-            .call(Method::POST, &format!("/jobs/{unknown}/stop"), None)
-            .await
-            .0,
-        404
-    );
     let id = alice.start("true", &[]).await;
-    assert_eq!(
-        alice
-            .call(Method::GET, &format!("/jobs/{id}/output?offset=-1"), None)
-            .await
-            .0,
-        400
-    );
-    assert_eq!(
-        alice
-            .call(Method::DELETE, &format!("/jobs/{id}"), None)
-            .await
-            .0,
-        405
-    );
+    for (method, path, status) in [
+        (Method::POST, "/jobs/not-a-uuid/stop".to_owned(), 400),
+        (Method::GET, format!("/jobs/{unknown}"), 404),
+        (Method::POST, format!("/jobs/{unknown}/stop"), 404),
+        (Method::GET, format!("/jobs/{id}/output?offset=-1"), 400),
+        (Method::DELETE, format!("/jobs/{id}"), 405),
+    ] {
+        let (got, _) = alice.call(method.clone(), &path, None).await;
+        assert_eq!(got, status, "{method} {path}");
+    }
 
     let (_, listed) = alice.call(Method::GET, "/jobs", None).await;
     assert_eq!(

@@ -40,7 +40,7 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 const RECENT_CHUNKS: usize = 32;
 
 /// What followers of a job know: whether it has ended, and its latest committed output.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Progress {
     pub finished: bool,
     /// The latest committed chunks (start offset, bytes), in offset order: one copy for all
