@@ -7,12 +7,14 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
 use crate::clock::Clock;
+pub use crate::db::SyncMode;
+use crate::db::database_path;
 
 /// The settings of one `warden serve`.
 #[derive(Debug, Clone, Args)]
@@ -78,7 +80,7 @@ pub struct Config {
     pub client_ca: Option<PathBuf>,
 
     /// SQLite durability: `full` survives power loss, `normal` only a crash of warden.
-    #[arg(long, env = "WARDEN_SYNC", default_value = "full")]
+    #[arg(long, env = "WARDEN_SYNC", default_value = "full", value_parser = parse_sync)]
     pub sync: SyncMode,
 
     /// How long shutdown waits for in-flight work before giving up on it.
@@ -111,15 +113,6 @@ pub struct Config {
 pub enum JobsTls {
     On,
     Off,
-}
-
-/// SQLite's `synchronous` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SyncMode {
-    /// fsync on every commit: nothing acknowledged is lost even on power loss.
-    Full,
-    /// fsync at checkpoints: a crash of warden loses nothing, a power loss may.
-    Normal,
 }
 
 /// How log lines are written.
@@ -188,9 +181,13 @@ impl Config {
     }
 }
 
-/// `warden.db` inside `data_dir`.
-pub fn database_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("warden.db")
+/// `full` or `normal`.
+fn parse_sync(value: &str) -> Result<SyncMode, String> {
+    match value {
+        "full" => Ok(SyncMode::Full),
+        "normal" => Ok(SyncMode::Normal),
+        _ => Err("expected full or normal".to_owned()),
+    }
 }
 
 /// A human duration: `5s`, `250ms`, `1m 30s`.

@@ -23,7 +23,6 @@ use sqlx::{Connection as _, SqlitePool};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{SyncMode, database_path};
 use crate::error::StorageFault;
 
 /// How long a connection waits for another process's lock before answering "busy".
@@ -34,6 +33,20 @@ const MAX_BATCH: usize = 1024;
 
 /// How many requests may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8 * MAX_BATCH;
+
+/// SQLite's `synchronous` setting (`--sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// fsync on every commit: nothing acknowledged is lost even on power loss.
+    Full,
+    /// fsync at checkpoints: a crash of warden loses nothing, a power loss may.
+    Normal,
+}
+
+/// `warden.db` inside `data_dir`.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("warden.db")
+}
 
 /// The open database: a read pool and the one write connection.
 #[derive(Clone, Debug)]
@@ -65,6 +78,7 @@ impl Database {
             .map_or(4, |cpus| cpus.get() * 2)
             .clamp(4, 16);
         let reads = SqlitePoolOptions::new()
+            // Clamped to 4..=16 above, so the conversion cannot fail.
             .max_connections(u32::try_from(read_connections).unwrap_or(4))
             .test_before_acquire(false)
             .acquire_timeout(BUSY_TIMEOUT)

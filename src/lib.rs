@@ -3,33 +3,49 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the `warden` command line (`serve`, `migrate`, `token`, `pki`, `jobs`, `hash`,
-//!   `stats`), logging set-up, exit codes.
+//! - `main.rs`: the binary; everything lives here in the library.
+//! - [`cli`]: the `warden` command line: its commands and exit codes (`cli/mod.rs`), the
+//!   client commands `jobs`, `hash` and `stats` (`cli/clients.rs`), and `serve`'s logging
+//!   (`cli/logging.rs`).
 //! - [`config`]: every setting of `warden serve`, from flags and `WARDEN_*` variables.
-//! - [`supervisor`]: builds the services, binds one listener each, serves, and drains on
-//!   SIGTERM, SIGINT or `/shutdown`.
+//! - [`supervisor`] (`supervisor/mod.rs`): builds the services, binds one listener each,
+//!   serves, and drains on SIGTERM, SIGINT or `/shutdown`; `supervisor/listeners.rs`: binding,
+//!   plain and mutual-TLS serving, and the layers every listener shares.
+//! - [`service`]: the one shape of a service (started from a context and its settings, then
+//!   a router).
 //! - [`db`]: the SQLite file (WAL, `synchronous`, foreign keys, busy timeout), migrations,
 //!   the data-directory lock, and the group-commit [`db::Writer`] every hot write goes through.
 //! - [`error`]: the error type handlers return and its JSON shape.
+//! - [`http`]: the HTTP edge every service shares: path, query and body extractors that
+//!   answer with our error shape, and the middleware for axum's own error responses.
+//! - [`client`]: what the CLI's HTTP clients share: their error and how a refusal reads.
 //! - [`clock`]: the injectable time source.
-//! - [`hashes`]: `POST /hash`, `GET /hash/{id}`, `GET /stats`: router, SQL and input parsing.
-//! - [`registry`]: heartbeat discovery: `/{group}/{id}`, `/{group}`, `/`, and the purge job.
-//! - [`jobs`]: the job runner: router, SQL, the runner (workers, process groups, output)
-//!   and the CLI's HTTP client.
-//! - [`security`]: bearer tokens, the development PKI, and TLS configuration and identity.
+//! - [`hashes`]: `POST /hash`, `GET /hash/{id}`, `GET /stats`: router (`mod.rs`), SQL
+//!   (`store.rs`), input parsing (`input.rs`), and the CLI's client (`client.rs`).
+//! - [`registry`]: heartbeat discovery: router (`mod.rs`), SQL (`store.rs`) and the purge
+//!   job (`purge.rs`).
+//! - [`jobs`]: the job runner: router (`mod.rs`); a job's status, ending and API record
+//!   (`job.rs`); SQL (`store.rs`); workers, claims and recovery (`runner.rs`); spawning,
+//!   signalling and finding processes (`process.rs`); the output pump, the followers' window
+//!   and the output reader (`output.rs`); the CLI's client (`client.rs`).
+//! - [`security`]: who a caller is (`principal.rs`), bearer tokens (`tokens.rs`), the
+//!   development PKI (`pki.rs`), and TLS configuration and identity (`tls.rs`).
 //! - [`admin`]: `GET /healthz` and `/shutdown`.
 //!
-//! Dependencies point one way: `supervisor` → services → `db`/`error`/`clock`/`security`.
-//! Services never import each other.
+//! Dependencies point one way: `supervisor` → services → `db`/`error`/`http`/`clock`/
+//! `security`/`service`. Services never import each other.
 
 pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod hashes;
+pub mod http;
 pub mod jobs;
 pub mod registry;
 pub mod security;
+pub mod service;
 pub mod supervisor;

@@ -8,7 +8,8 @@ use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{StatusCode, header};
 use serde::Deserialize;
 
-use crate::error::{Error, Result, body_error, read_body};
+use crate::error::{Error, Result};
+use crate::http::{body_error, read_body};
 
 /// The most a `POST /hash` body may weigh; a password form needs far less.
 pub const BODY_LIMIT: usize = 8 * 1024;

@@ -5,6 +5,7 @@
 //! exact under any load and across restarts, and the password itself is never stored.
 //! A client gets its id only once the hash and the updated stats are committed together.
 
+pub mod client;
 mod input;
 mod store;
 
@@ -20,11 +21,12 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 use sha2::{Digest, Sha512};
 use sqlx::SqlitePool;
-use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, millis};
-use crate::db::{Database, Writer};
-use crate::error::{Error, PathParams, Result};
+use crate::db::Writer;
+use crate::error::{Error, Result};
+use crate::http::PathParams;
+use crate::service::{Context, Service};
 use store::{NewHash, RecordHashes};
 
 /// The hash service's state: its writer, the read pool, the clock and the delay.
@@ -36,26 +38,36 @@ pub struct Hashes {
     delay: Duration,
 }
 
-impl Hashes {
-    /// Starts the service's writer (tracked by `tasks`) and returns its state.
-    pub fn start(db: &Database, tasks: &TaskTracker, clock: Clock, delay: Duration) -> Self {
-        Self {
-            writer: db.writer(RecordHashes, tasks),
-            reads: db.reads.clone(),
-            clock,
-            delay,
-        }
-    }
+/// The hash service's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct HashSettings {
+    /// How long after `POST /hash` the hash becomes readable.
+    pub delay: Duration,
 }
 
-/// The service's routes.
-pub fn router(hashes: Hashes) -> Router {
-    Router::new()
-        .route("/hash", post(create_hash))
-        .route("/hash/{id}", get(read_hash))
-        .route("/stats", get(read_stats))
-        .layer(DefaultBodyLimit::max(input::BODY_LIMIT))
-        .with_state(hashes)
+impl Service for Hashes {
+    const NAME: &'static str = "hashes";
+    type Settings = HashSettings;
+    type StartError = std::convert::Infallible;
+
+    /// Starts the service's writer (tracked by `context.tasks`).
+    async fn start(context: Context<'_>, settings: HashSettings) -> Result<Self, Self::StartError> {
+        Ok(Self {
+            writer: context.db.writer(RecordHashes, context.tasks),
+            reads: context.db.reads.clone(),
+            clock: context.clock.clone(),
+            delay: settings.delay,
+        })
+    }
+
+    fn router(self) -> Router {
+        Router::new()
+            .route("/hash", post(create_hash))
+            .route("/hash/{id}", get(read_hash))
+            .route("/stats", get(read_stats))
+            .layer(DefaultBodyLimit::max(input::BODY_LIMIT))
+            .with_state(self)
+    }
 }
 
 /// `POST /hash`: 200 with the new id as plain text, once the hash is committed.

@@ -5,20 +5,7 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-/// Why a call did not succeed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot reach {url}: {reason}")]
-    Unreachable { url: String, reason: String },
-    #[error("the server answered {status}: {message}")]
-    Refused { status: u16, message: String },
-    #[error("the server's answer could not be read: {0}")]
-    BadAnswer(String),
-    #[error("cannot write the output: {0}")]
-    Output(#[from] std::io::Error),
-    #[error("{0}")]
-    Tls(#[from] crate::security::tls::TlsError),
-}
+use crate::client::{ClientError, successful};
 
 /// A client of one warden jobs listener.
 #[derive(Debug, Clone)]
@@ -41,10 +28,9 @@ impl JobsClient {
             Some(tls) => builder.tls_backend_preconfigured(tls),
             None => builder,
         };
-        let http = builder.build().map_err(|error| ClientError::Unreachable {
-            url: base.to_owned(),
-            reason: root_cause(&error),
-        })?;
+        let http = builder
+            .build()
+            .map_err(|error| ClientError::unreachable(base, &error))?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -125,21 +111,8 @@ impl JobsClient {
         let response = request
             .send()
             .await
-            .map_err(|error| ClientError::Unreachable {
-                url: self.base.clone(),
-                reason: root_cause(&error),
-            })?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status().as_u16();
-        let message = response
-            .json::<Value>()
-            .await
-            .ok()
-            .and_then(|body| body["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "no reason given".to_owned());
-        Err(ClientError::Refused { status, message })
+            .map_err(|error| ClientError::unreachable(&self.base, &error))?;
+        successful(response).await
     }
 }
 
@@ -148,13 +121,4 @@ async fn json_of(response: reqwest::Response) -> Result<Value, ClientError> {
         .json()
         .await
         .map_err(|error| ClientError::BadAnswer(error.to_string()))
-}
-
-/// The innermost cause of an error, which says what actually went wrong in one line.
-pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
 }

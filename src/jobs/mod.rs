@@ -1,44 +1,46 @@
 //! The remote job runner: start, stop, query, and read or follow a job's output.
 //!
-//! Every route needs an authenticated principal (a bearer token for now). A `user` sees,
+//! Every route needs an authenticated [`Principal`] (a client certificate over mutual TLS, a
+//! bearer token beside or instead of it). A `user` sees,
 //! lists and stops only its own jobs (another's job answers 404, so its existence is not
 //! revealed); an `admin` sees all. Everything a job is — its queue position, status and
 //! output — lives in SQLite, so a restart keeps every job's history and output and runs the
 //! jobs still queued.
 
 pub mod client;
+mod job;
+mod output;
+mod process;
 mod runner;
 mod store;
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, RawQuery, Request, State};
-use axum::http::request::Parts;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use sqlx::SqlitePool;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::db::{Database, Writer};
-use crate::error::{Error, PathParams, Result, StorageFault, read_body};
-use crate::security::tls::ClientIdentity;
-use crate::security::tokens::{Principal, TokenError, TokenKeys};
-pub use runner::RunnerSettings;
-use runner::{Progress, Runner};
-use store::{Job, JobRow, NewJobRow, QueueJobs};
+use crate::error::{Error, Result, StorageFault};
+use crate::http::{PathParams, QueryParams, read_body};
+use crate::security::principal::Principal;
+use crate::security::tokens::TokenKeys;
+use crate::service::{Context, Service};
+use job::{Job, JobStatus};
+use output::OutputReader;
+use runner::Runner;
+pub use runner::RunnerSettings as JobSettings;
+use store::{JobRow, NewJobRow, QueueJobs};
 
 /// The most a `POST /jobs` body may weigh.
 const BODY_LIMIT: usize = 64 * 1024;
-/// How many output chunks a reader takes at a time (at most 512 KiB).
-const READ_CHUNKS: usize = 8;
 /// How long `POST /jobs/{id}/stop` waits past the grace for the process to be gone.
 const STOP_SLACK: Duration = Duration::from_secs(10);
 
@@ -61,15 +63,19 @@ impl FromRef<Jobs> for TokenKeys {
     }
 }
 
-impl Jobs {
+impl Service for Jobs {
+    const NAME: &'static str = "jobs";
+    type Settings = JobSettings;
+    type StartError = StorageFault;
+
     /// Loads (or makes) the token key, recovers from the previous run and starts the workers.
-    pub async fn start(
-        db: &Database,
-        tasks: &TaskTracker,
-        shutdown: &CancellationToken,
-        clock: Clock,
-        settings: RunnerSettings,
-    ) -> Result<Self, StorageFault> {
+    async fn start(context: Context<'_>, settings: JobSettings) -> Result<Self, StorageFault> {
+        let Context {
+            db,
+            tasks,
+            shutdown,
+            clock,
+        } = context;
         let keys = TokenKeys::load_or_create(db, clock.now_ms()).await?;
         let runner = Runner::start(db, tasks, shutdown, clock.clone(), settings).await?;
         Ok(Self {
@@ -77,64 +83,19 @@ impl Jobs {
             queue: db.writer(QueueJobs, tasks),
             db: db.clone(),
             keys,
-            clock,
+            clock: clock.clone(),
             shutdown: shutdown.clone(),
         })
     }
-}
 
-/// The job runner's routes.
-pub fn router(jobs: Jobs) -> Router {
-    Router::new()
-        .route("/jobs", post(create_job).get(list_jobs))
-        .route("/jobs/{id}", get(read_job))
-        .route("/jobs/{id}/stop", post(stop_job))
-        .route("/jobs/{id}/output", get(read_output))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(jobs)
-}
-
-/// The authenticated caller, from `Authorization: Bearer <token>`.
-impl<S> FromRequestParts<S> for Principal
-where
-    TokenKeys: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = Error;
-
-    /// Over mutual TLS the principal is the verified client certificate's; a bearer token,
-    /// if sent as well, must name the same user. Over plain HTTP the token is the credential.
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = match parts.headers.get(header::AUTHORIZATION) {
-            None => None,
-            Some(header) => {
-                let token = header
-                    .to_str()
-                    .ok()
-                    .and_then(|value| value.strip_prefix("Bearer "))
-                    .map(str::trim)
-                    .ok_or_else(|| {
-                        Error::Unauthorized("use `Authorization: Bearer <token>`".into())
-                    })?;
-                let principal = TokenKeys::from_ref(state)
-                    .verify(token)
-                    .map_err(|error: TokenError| Error::Unauthorized(error.to_string()))?;
-                Some(principal)
-            }
-        };
-        match (parts.extensions.get::<ClientIdentity>(), token) {
-            (Some(identity), Some(token)) if token.user != identity.user => {
-                Err(Error::Unauthorized(
-                    "the bearer token names another user than the client certificate".into(),
-                ))
-            }
-            (Some(identity), _) => Ok(Principal {
-                user: identity.user.clone(),
-                role: identity.role,
-            }),
-            (None, Some(token)) => Ok(token),
-            (None, None) => Err(Error::Unauthorized("a bearer token is required".into())),
-        }
+    fn router(self) -> Router {
+        Router::new()
+            .route("/jobs", post(create_job).get(list_jobs))
+            .route("/jobs/{id}", get(read_job))
+            .route("/jobs/{id}/stop", post(stop_job))
+            .route("/jobs/{id}/output", get(read_output))
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .with_state(self)
     }
 }
 
@@ -216,27 +177,14 @@ struct ListQuery {
 async fn list_jobs(
     State(jobs): State<Jobs>,
     principal: Principal,
-    RawQuery(query): RawQuery,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Vec<Job>>> {
-    let query: ListQuery = parse_query(query.as_deref())?;
-    if let Some(status) = &query.status
-        && ![
-            "queued",
-            "running",
-            "succeeded",
-            "failed",
-            "stopped",
-            "interrupted",
-        ]
-        .contains(&status.as_str())
-    {
-        return Err(Error::BadRequest(
-            "status must be one of queued, running, succeeded, failed, stopped, interrupted".into(),
-        ));
-    }
-    let owner = (!matches!(principal.role, crate::security::tokens::Role::Admin))
-        .then_some(principal.user.as_str());
-    let rows = store::list(&jobs.db.reads, owner, query.status.as_deref()).await?;
+    let status = query
+        .status
+        .map(|status| status.parse::<JobStatus>())
+        .transpose()
+        .map_err(|unknown| Error::BadRequest(unknown.to_string()))?;
+    let rows = store::list(&jobs.db.reads, principal.only_owner(), status).await?;
     Ok(Json(rows.into_iter().map(Job::from).collect()))
 }
 
@@ -260,7 +208,7 @@ async fn stop_job(
     PathParams(id): PathParams<String>,
 ) -> Result<Json<Job>> {
     let job = visible_job(&jobs.db.reads, &principal, &id).await?;
-    if job.status == "stopped" {
+    if job.status == JobStatus::Stopped {
         return Ok(Json(Job::from(job)));
     }
     if job.is_finished() {
@@ -269,7 +217,7 @@ async fn stop_job(
             job.status
         )));
     }
-    let mut progress = jobs.runner.watch(job.seq);
+    let mut following = jobs.runner.follow(job.seq);
     let stopped_while_queued = {
         let mut conn = jobs.db.write_connection().await?;
         let now = jobs.clock.now_ms();
@@ -280,7 +228,7 @@ async fn stop_job(
         queued
     };
     if stopped_while_queued {
-        drop(progress);
+        drop(following);
         jobs.runner.ended_unrun(job.seq);
         let job = store::find(&jobs.db.reads, &id).await?;
         return job
@@ -296,15 +244,14 @@ async fn stop_job(
                 Some(job) if !job.is_finished() => {}
                 _ => return Ok::<_, Error>(job),
             }
-            if progress.changed().await.is_err() {
+            if following.progress().changed().await.is_err() {
                 // The runner is gone (shutting down): report the job as it now stands.
                 return Ok(store::find(&jobs.db.reads, &id).await?);
             }
         }
     })
     .await;
-    drop(progress);
-    jobs.runner.forget_if_idle(job.seq);
+    drop(following);
     match ended {
         Ok(Ok(Some(job))) => Ok(Json(Job::from(job))),
         Ok(Ok(None)) => Err(Error::not_found("no job with that id")),
@@ -326,127 +273,33 @@ async fn read_output(
     State(jobs): State<Jobs>,
     principal: Principal,
     PathParams(id): PathParams<String>,
-    RawQuery(query): RawQuery,
+    QueryParams(query): QueryParams<OutputQuery>,
 ) -> Result<Response> {
-    let query: OutputQuery = parse_query(query.as_deref())?;
     let job = visible_job(&jobs.db.reads, &principal, &id).await?;
     let offset = i64::try_from(query.offset.unwrap_or(0))
         .map_err(|_| Error::BadRequest("offset is too large".into()))?;
-    let progress = if query.follow.unwrap_or(false) && !job.is_finished() {
-        // Subscribe first, then look again: an end after this look always wakes us.
-        let progress = jobs.runner.watch(job.seq);
+    let following = if query.follow.unwrap_or(false) && !job.is_finished() {
+        // Follow first, then look again: an end after this look always wakes the follower.
+        let following = jobs.runner.follow(job.seq);
         match store::find(&jobs.db.reads, &id).await? {
-            Some(again) if !again.is_finished() => Some(progress),
-            _ => {
-                drop(progress);
-                jobs.runner.forget_if_idle(job.seq);
-                None
-            }
+            Some(again) if !again.is_finished() => Some(following),
+            _ => None,
         }
     } else {
         None
     };
-    let reader = OutputReader {
-        reads: jobs.db.reads.clone(),
-        seq: job.seq,
+    let reader = OutputReader::new(
+        jobs.db.reads.clone(),
+        job.seq,
         offset,
-        progress,
-        shutdown: jobs.shutdown.clone(),
-        ready: VecDeque::new(),
-        done: false,
-    };
-    let stream = futures_util::stream::unfold(reader, OutputReader::next);
+        following,
+        jobs.shutdown.clone(),
+    );
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
-        Body::from_stream(stream),
+        Body::from_stream(reader.into_stream()),
     )
         .into_response())
-}
-
-/// Reads a job's output from SQLite a few chunks at a time, as the client takes it: memory
-/// stays bounded however slow the client; a client that goes away just drops this.
-struct OutputReader {
-    reads: SqlitePool,
-    seq: i64,
-    offset: i64,
-    /// Present while following a job that has not ended.
-    progress: Option<watch::Receiver<Progress>>,
-    shutdown: CancellationToken,
-    ready: VecDeque<Bytes>,
-    done: bool,
-}
-
-impl OutputReader {
-    async fn next(mut self) -> Option<(std::io::Result<Bytes>, Self)> {
-        loop {
-            if let Some(bytes) = self.ready.pop_front() {
-                return Some((Ok(bytes), self));
-            }
-            if self.done {
-                return None;
-            }
-            // At the live edge the chunks are still in memory; behind it, in SQLite.
-            let recent = self.progress.as_mut().and_then(|progress| {
-                progress
-                    .borrow_and_update()
-                    .recent_from(self.offset, READ_CHUNKS)
-            });
-            let chunks = match recent {
-                Some(chunks) => Ok(chunks),
-                None => store::read_output(&self.reads, self.seq, self.offset, READ_CHUNKS)
-                    .await
-                    .map(|chunks| {
-                        chunks
-                            .into_iter()
-                            .map(|(start, bytes)| (start, Bytes::from(bytes)))
-                            .collect()
-                    }),
-            };
-            match chunks {
-                Ok(chunks) => {
-                    for (start, bytes) in chunks {
-                        // A chunk past `offset` means bytes that were never stored (the job
-                        // says `outputTruncated`): go on from where stored output resumes.
-                        self.offset = self.offset.max(start);
-                        let skip = usize::try_from(self.offset - start).unwrap_or(0);
-                        if skip < bytes.len() {
-                            let bytes = bytes.slice(skip..);
-                            self.offset += i64::try_from(bytes.len()).unwrap_or(0);
-                            self.ready.push_back(bytes);
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "reading job output failed; ending the stream");
-                    self.done = true;
-                    return Some((
-                        Err(std::io::Error::other("the output could not be read")),
-                        self,
-                    ));
-                }
-            }
-            if !self.ready.is_empty() {
-                continue;
-            }
-            let Some(progress) = &mut self.progress else {
-                return None;
-            };
-            if progress.borrow().finished {
-                // Everything was committed before `finished`: one more read, then the end.
-                self.progress = None;
-                continue;
-            }
-            tokio::select! {
-                changed = progress.changed() => {
-                    if changed.is_err() {
-                        self.progress = None;
-                    }
-                }
-                // Shutting down: what is stored so far, then the end.
-                () = self.shutdown.cancelled() => self.progress = None,
-            }
-        }
-    }
 }
 
 /// The job `id` if the principal may see it; 400 for a malformed id, 404 otherwise.
@@ -458,9 +311,4 @@ async fn visible_job(reads: &SqlitePool, principal: &Principal, id: &str) -> Res
         Some(job) if principal.may_access(&job.owner) => Ok(job),
         _ => Err(Error::not_found("no job with that id")),
     }
-}
-
-fn parse_query<T: serde::de::DeserializeOwned>(query: Option<&str>) -> Result<T> {
-    serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|error| Error::BadRequest(format!("bad query string: {error}")))
 }

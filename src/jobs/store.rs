@@ -8,6 +8,7 @@ use sqlx::Connection as _;
 use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnection;
 
+use super::job::{Ending, JobStatus};
 use crate::db::Batch;
 
 /// A job as stored.
@@ -17,9 +18,10 @@ pub struct JobRow {
     pub id: String,
     pub name: Option<String>,
     pub command: String,
+    /// The arguments as a JSON array of strings; see [`JobRow::args`].
     pub args: String,
     pub owner: String,
-    pub status: String,
+    pub status: JobStatus,
     pub exit_code: Option<i64>,
     pub signal: Option<i64>,
     pub error: Option<String>,
@@ -27,55 +29,18 @@ pub struct JobRow {
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
     pub output_bytes: i64,
-    pub output_truncated: i64,
+    pub output_truncated: bool,
 }
 
 impl JobRow {
     /// Whether the job has ended, one way or another.
     pub fn is_finished(&self) -> bool {
-        !matches!(self.status.as_str(), "queued" | "running")
+        self.status.is_finished()
     }
-}
 
-/// A job as the API shows it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Job {
-    pub id: String,
-    pub name: Option<String>,
-    pub command: String,
-    pub args: Vec<String>,
-    pub owner: String,
-    pub status: String,
-    pub exit_code: Option<i64>,
-    pub signal: Option<i64>,
-    pub error: Option<String>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub output_bytes: i64,
-    pub output_truncated: bool,
-}
-
-impl From<JobRow> for Job {
-    fn from(row: JobRow) -> Self {
-        Self {
-            // The args were written by us from a Vec<String>; a hand-edited row shows none.
-            args: serde_json::from_str(&row.args).unwrap_or_default(),
-            id: row.id,
-            name: row.name,
-            command: row.command,
-            owner: row.owner,
-            status: row.status,
-            exit_code: row.exit_code,
-            signal: row.signal,
-            error: row.error,
-            created_at: row.created_at_ms,
-            started_at: row.started_at_ms,
-            finished_at: row.finished_at_ms,
-            output_bytes: row.output_bytes,
-            output_truncated: row.output_truncated != 0,
-        }
+    /// The job's arguments; an error only for a row edited by hand.
+    pub fn args(&self) -> Result<Vec<String>, serde_json::Error> {
+        serde_json::from_str(&self.args)
     }
 }
 
@@ -115,9 +80,9 @@ impl Batch for QueueJobs {
                       job.value ->> 'args', job.value ->> 'owner', job.value ->> 'created_at_ms'
                FROM json_each(?1) AS job
                ORDER BY job.key
-               RETURNING seq AS "seq!", id, name, command, args, owner, status, exit_code,
-                         signal, error, created_at_ms, started_at_ms, finished_at_ms,
-                         output_bytes, output_truncated"#,
+               RETURNING seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
+                         exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
+                         output_bytes, output_truncated AS "output_truncated: bool""#,
             jobs
         )
         .fetch_all(&mut *conn)
@@ -136,9 +101,9 @@ impl Batch for QueueJobs {
 pub async fn find(reads: &SqlitePool, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
     sqlx::query_as!(
         JobRow,
-        r#"SELECT seq AS "seq!", id, name, command, args, owner, status, exit_code, signal,
-                  error, created_at_ms, started_at_ms, finished_at_ms, output_bytes,
-                  output_truncated
+        r#"SELECT seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
+                  exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
+                  output_bytes, output_truncated AS "output_truncated: bool"
            FROM jobs WHERE id = ?1"#,
         id
     )
@@ -151,38 +116,34 @@ pub async fn find(reads: &SqlitePool, id: &str) -> Result<Option<JobRow>, sqlx::
 pub async fn list(
     reads: &SqlitePool,
     owner: Option<&str>,
-    status: Option<&str>,
+    status: Option<JobStatus>,
 ) -> Result<Vec<JobRow>, sqlx::Error> {
     match owner {
-        Some(owner) => {
-            sqlx::query_as!(
-                JobRow,
-                r#"SELECT seq AS "seq!", id, name, command, args, owner, status, exit_code,
-                          signal, error, created_at_ms, started_at_ms, finished_at_ms,
-                          output_bytes, output_truncated
+        Some(owner) => sqlx::query_as!(
+            JobRow,
+            r#"SELECT seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
+                          exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
+                          output_bytes, output_truncated AS "output_truncated: bool"
                    FROM jobs
                    WHERE owner = ?1 AND (?2 IS NULL OR status = ?2)
                    ORDER BY seq DESC"#,
-                owner,
-                status
-            )
-            .fetch_all(reads)
-            .await
-        }
-        None => {
-            sqlx::query_as!(
-                JobRow,
-                r#"SELECT seq AS "seq!", id, name, command, args, owner, status, exit_code,
-                          signal, error, created_at_ms, started_at_ms, finished_at_ms,
-                          output_bytes, output_truncated
+            owner,
+            status
+        )
+        .fetch_all(reads)
+        .await,
+        None => sqlx::query_as!(
+            JobRow,
+            r#"SELECT seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
+                          exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
+                          output_bytes, output_truncated AS "output_truncated: bool"
                    FROM jobs
                    WHERE ?1 IS NULL OR status = ?1
                    ORDER BY seq DESC"#,
-                status
-            )
-            .fetch_all(reads)
-            .await
-        }
+            status
+        )
+        .fetch_all(reads)
+        .await,
     }
 }
 
@@ -196,9 +157,9 @@ async fn claim_next(
         r#"UPDATE jobs SET status = 'running', started_at_ms = ?1
            WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1)
              AND status = 'queued'
-           RETURNING seq AS "seq!", id, name, command, args, owner, status, exit_code, signal,
-                     error, created_at_ms, started_at_ms, finished_at_ms, output_bytes,
-                     output_truncated"#,
+           RETURNING seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
+                     exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
+                     output_bytes, output_truncated AS "output_truncated: bool""#,
         now_ms
     )
     .fetch_optional(&mut *conn)
@@ -223,16 +184,6 @@ pub async fn record_process(
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-/// How a job ended.
-#[derive(Debug, Clone)]
-pub struct Ending {
-    pub status: &'static str,
-    pub exit_code: Option<i64>,
-    pub signal: Option<i64>,
-    pub error: Option<String>,
-    pub truncated: bool,
 }
 
 /// Records that running job `seq` has ended.

@@ -17,12 +17,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, millis};
 use crate::db::{Database, Writer};
-use crate::error::{Error, PathParams, Result, read_body};
+use crate::error::{Error, Result};
+use crate::http::{PathParams, read_body};
+use crate::service::{Context, Service};
 use store::{Heartbeat, Instance, RecordHeartbeats};
 
 /// The most a heartbeat body (its meta) may weigh.
@@ -73,19 +73,31 @@ pub struct Registry {
     liveness: Liveness,
 }
 
-impl Registry {
-    /// Starts the registry's writer and its purge job (both tracked by `tasks`; the purge
-    /// stops when `shutdown` is cancelled).
-    pub async fn start(
-        db: &Database,
-        tasks: &TaskTracker,
-        shutdown: &CancellationToken,
-        clock: Clock,
-        ttl: Duration,
-        purge_every: Duration,
-    ) -> Result<Self, StartError> {
+/// The registry's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistrySettings {
+    /// How long an instance lives after its last heartbeat.
+    pub ttl: Duration,
+    /// How often expired instances are deleted.
+    pub purge_every: Duration,
+}
+
+impl Service for Registry {
+    const NAME: &'static str = "registry";
+    type Settings = RegistrySettings;
+    type StartError = StartError;
+
+    /// Starts the registry's writer and its purge job (both tracked by `context.tasks`; the
+    /// purge stops when `context.shutdown` is cancelled).
+    async fn start(context: Context<'_>, settings: RegistrySettings) -> Result<Self, StartError> {
+        let Context {
+            db,
+            tasks,
+            shutdown,
+            clock,
+        } = context;
         let liveness = Liveness {
-            ttl_ms: millis(ttl),
+            ttl_ms: millis(settings.ttl),
             started_ms: clock.now_ms(),
             previous_alive_ms: store::last_alive(&db.reads).await?,
         };
@@ -100,7 +112,7 @@ impl Registry {
             db.clone(),
             clock.clone(),
             liveness,
-            purge_every,
+            settings.purge_every,
             tasks,
             shutdown.clone(),
         )
@@ -108,27 +120,28 @@ impl Registry {
         Ok(Self {
             writer,
             db: db.clone(),
-            clock,
+            clock: clock.clone(),
             liveness,
         })
     }
 
-    fn live_after(&self) -> i64 {
-        self.liveness.live_after(self.clock.now_ms())
+    fn router(self) -> Router {
+        Router::new()
+            .route("/", get(list_groups))
+            .route("/{group}", get(list_instances))
+            .route(
+                "/{group}/{id}",
+                post(heartbeat).get(read_instance).delete(unregister),
+            )
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .with_state(self)
     }
 }
 
-/// The registry's routes.
-pub fn router(registry: Registry) -> Router {
-    Router::new()
-        .route("/", get(list_groups))
-        .route("/{group}", get(list_instances))
-        .route(
-            "/{group}/{id}",
-            post(heartbeat).get(read_instance).delete(unregister),
-        )
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(registry)
+impl Registry {
+    fn live_after(&self) -> i64 {
+        self.liveness.live_after(self.clock.now_ms())
+    }
 }
 
 /// `POST /{group}/{id}`: 201 with the instance on first registration, 200 on a refresh.

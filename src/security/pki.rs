@@ -131,7 +131,7 @@ impl DevPki {
 
     /// Issues a client certificate for user `name`, valid for `days`, signed by the CA.
     pub fn issue_client(&self, name: &str, admin: bool, days: u32) -> Result<CertFiles, PkiError> {
-        if !crate::security::tokens::valid_user(name) {
+        if !crate::security::principal::valid_user(name) {
             return Err(PkiError::BadName(
                 "a client name is 1 to 64 of A-Z a-z 0-9 . _ @ -".into(),
             ));

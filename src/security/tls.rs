@@ -12,7 +12,7 @@ use rustls::version::TLS13;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use crate::security::tokens::Role;
+use super::principal::{Role, valid_user};
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ pub fn identity_of(chain: &[CertificateDer<'_>]) -> Option<ClientIdentity> {
     let (_, cert) = X509Certificate::from_der(chain.first()?.as_ref()).ok()?;
     let subject = cert.subject();
     let user = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
-    if !crate::security::tokens::valid_user(&user) {
+    if !valid_user(&user) {
         return None;
     }
     let admin = subject

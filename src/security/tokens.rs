@@ -10,30 +10,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 
+use super::principal::{Principal, Role, valid_user};
 use crate::db::Database;
 use crate::error::StorageFault;
-
-/// What a principal may do: a `user` sees and stops only its own jobs; an `admin` all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    User,
-}
-
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub user: String,
-    pub role: Role,
-}
-
-impl Principal {
-    /// Whether this principal may see and stop a job owned by `owner`.
-    pub fn may_access(&self, owner: &str) -> bool {
-        self.role == Role::Admin || self.user == owner
-    }
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -155,14 +134,6 @@ async fn stored_secret(reads: &SqlitePool) -> Result<Option<Vec<u8>>, StorageFau
         .fetch_optional(reads)
         .await
         .map_err(|error| StorageFault::of(&error))
-}
-
-/// A user name: 1 to 64 of `A-Z a-z 0-9 . _ @ -`.
-pub fn valid_user(user: &str) -> bool {
-    (1..=64).contains(&user.len())
-        && user
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"._@-".contains(&byte))
 }
 
 #[cfg(test)]

@@ -9,36 +9,29 @@
 //! finish, checkpoint the WAL, and last close the admin listener, which answers `draining`
 //! until then.
 
+mod listeners;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
-use hyper_util::service::TowerToHyperService;
+use axum::middleware;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt as _;
-use tower_http::trace::TraceLayer;
-use tracing::Span;
 
 use crate::admin::{self, Admin, ServiceBoard, ServiceState};
 use crate::config::{Config, JobsTls};
 use crate::db::{DataDirLock, Database, LockError, lock_data_dir};
-use crate::error::{Error, StorageFault, fill_empty_error_bodies};
-use crate::hashes::{self, Hashes};
-use crate::jobs::{self, Jobs, RunnerSettings};
-use crate::registry::{self, Registry};
+use crate::error::StorageFault;
+use crate::hashes::{HashSettings, Hashes};
+use crate::jobs::{JobSettings, Jobs};
+use crate::registry::{self, Registry, RegistrySettings};
 use crate::security::pki::{DevPki, PkiError};
-use crate::security::tls::{TlsError, identity_of, server_config};
+use crate::security::tls::{TlsError, server_config};
+use crate::service::{Context, Service};
+use listeners::{bind, refuse_when_draining, serve_listener, serve_tls, with_common_layers};
 
 /// How long the database gets to close after a drain that timed out.
 const CLOSE_AFTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,7 +49,7 @@ pub enum StartError {
     #[error(transparent)]
     Registry(#[from] registry::StartError),
     #[error("cannot start the job runner: {0}")]
-    Jobs(StorageFault),
+    Jobs(#[from] StorageFault),
     #[error("cannot make the development PKI: {0}")]
     Pki(#[from] PkiError),
     #[error("cannot set up TLS on the jobs listener: {0}")]
@@ -67,6 +60,12 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+impl From<std::convert::Infallible> for StartError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
 }
 
 /// Why a run did not end cleanly.
@@ -122,70 +121,45 @@ impl App {
         let stop_on_error = shutdown.clone().drop_guard();
         let tasks = TaskTracker::new();
 
+        let context = Context {
+            db: &db,
+            tasks: &tasks,
+            shutdown: &shutdown,
+            clock: &config.clock,
+        };
         let mut services = Vec::new();
         if !config.no_hashes {
-            let listener = bind("hashes", config.hashes_addr).await?;
-            let state = Hashes::start(&db, &tasks, config.clock.clone(), config.hash_delay);
-            let router = hashes::router(state)
-                .layer(middleware::from_fn_with_state(
-                    shutdown.clone(),
-                    refuse_when_draining,
-                ))
+            let settings = HashSettings {
+                delay: config.hash_delay,
+            };
+            let mut hashes =
+                bind_service::<Hashes>(context, config.hashes_addr, settings, None).await?;
+            // The hash contract has its own `/shutdown`, which answers even while draining.
+            hashes.router = hashes
+                .router
                 .merge(admin::shutdown_router(shutdown.clone()));
-            services.push(BoundService {
-                name: "hashes",
-                listener,
-                router: with_common_layers(router, "hashes"),
-                tls: None,
-            });
+            services.push(hashes);
         }
         if !config.no_registry {
-            let listener = bind("registry", config.registry_addr).await?;
-            let state = Registry::start(
-                &db,
-                &tasks,
-                &shutdown,
-                config.clock.clone(),
-                config.instance_ttl,
-                config.purge_every,
-            )
-            .await?;
-            let router = registry::router(state).layer(middleware::from_fn_with_state(
-                shutdown.clone(),
-                refuse_when_draining,
-            ));
-            services.push(BoundService {
-                name: "registry",
-                listener,
-                router: with_common_layers(router, "registry"),
-                tls: None,
-            });
+            let settings = RegistrySettings {
+                ttl: config.instance_ttl,
+                purge_every: config.purge_every,
+            };
+            services.push(
+                bind_service::<Registry>(context, config.registry_addr, settings, None).await?,
+            );
         }
-
         if !config.no_jobs {
             let tls = match config.jobs_tls {
                 JobsTls::On => Some(jobs_tls(&config)?),
                 JobsTls::Off => None,
             };
-            let listener = bind("jobs", config.jobs_addr).await?;
-            let settings = RunnerSettings {
+            let settings = JobSettings {
                 workers: config.job_workers(),
                 stop_grace: config.job_stop_grace,
                 output_limit: config.job_output_limit,
             };
-            let state = Jobs::start(&db, &tasks, &shutdown, config.clock.clone(), settings)
-                .await
-                .map_err(StartError::Jobs)?;
-            let router = jobs::router(state).layer(middleware::from_fn_with_state(
-                shutdown.clone(),
-                refuse_when_draining,
-            ));
-            services.push(BoundService {
-                name: "jobs",
-                listener,
-                router: with_common_layers(router, "jobs"),
-                tls,
-            });
+            services.push(bind_service::<Jobs>(context, config.jobs_addr, settings, tls).await?);
         }
 
         let admin = Admin {
@@ -267,6 +241,7 @@ impl App {
             admin.services.set(name, ServiceState::Up);
             let board = admin.services.clone();
             let stop = shutdown.clone();
+            let router = with_common_layers(router, name);
             tasks.spawn(async move {
                 let served = match tls {
                     Some(tls) => serve_tls(listener, router, tls, stop.clone()).await,
@@ -316,6 +291,31 @@ impl App {
             Err(RunError::DrainTimedOut(config.drain_timeout))
         }
     }
+}
+
+/// Binds service `S`'s listener at `addr`, then starts it: a port in use fails before any
+/// of the service's tasks exist. Its router refuses new work once the drain has begun.
+async fn bind_service<S: Service>(
+    context: Context<'_>,
+    addr: SocketAddr,
+    settings: S::Settings,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<BoundService, StartError>
+where
+    StartError: From<S::StartError>,
+{
+    let listener = bind(S::NAME, addr).await?;
+    let service = S::start(context, settings).await?;
+    let router = service.router().layer(middleware::from_fn_with_state(
+        context.shutdown.clone(),
+        refuse_when_draining,
+    ));
+    Ok(BoundService {
+        name: S::NAME,
+        listener,
+        router,
+        tls,
+    })
 }
 
 /// Builds and runs warden as `warden serve` does: SIGTERM and SIGINT start the drain.
@@ -374,145 +374,4 @@ fn jobs_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, StartError> {
     let key = config.tls_key.clone().unwrap_or(server.key);
     let client_ca = config.client_ca.clone().unwrap_or_else(|| pki.ca());
     Ok(server_config(&cert, &key, &client_ca)?)
-}
-
-/// How long a client gets to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `router` over TLS: each connection's verified client identity (and peer address)
-/// goes into every request's extensions. A refused handshake is logged with the peer
-/// address, never with key material.
-async fn serve_tls(
-    listener: TcpListener,
-    router: Router,
-    tls: Arc<rustls::ServerConfig>,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
-    let connections = TaskTracker::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
-        };
-        let (acceptor, router, stop) = (acceptor.clone(), router.clone(), stop.clone());
-        connections.spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    tracing::warn!(%peer, %error, "refused a TLS connection");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%peer, "refused a TLS connection: the handshake timed out");
-                    return;
-                }
-            };
-            let Some(identity) = stream.get_ref().1.peer_certificates().and_then(identity_of)
-            else {
-                tracing::warn!(%peer, "refused a TLS connection: its certificate names no valid user");
-                return;
-            };
-            let service = router.map_request(move |mut request: axum::http::Request<Incoming>| {
-                request.extensions_mut().insert(identity.clone());
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            });
-            let builder = ConnectionBuilder::new(TokioExecutor::new());
-            let connection =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            tokio::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = served {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    connections.close();
-    connections.wait().await;
-    Ok(())
-}
-
-async fn bind(service: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            service,
-            addr,
-            source,
-        })
-}
-
-async fn serve_listener(
-    listener: TcpListener,
-    router: Router,
-    stop: tokio_util::sync::WaitForCancellationFutureOwned,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop)
-    .await
-}
-
-/// The layers every listener shares: the JSON error shape for axum's own errors, and a
-/// request span with service, method, matched route, status and latency. The span never
-/// carries the URI's query or any header or body, so no secret can reach a log through it.
-fn with_common_layers(router: Router, service: &'static str) -> Router {
-    let trace = TraceLayer::new_for_http()
-        .make_span_with(move |request: &Request| {
-            let route = request
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or("(unmatched)", MatchedPath::as_str);
-            tracing::info_span!(
-                "request",
-                service,
-                method = %request.method(),
-                route,
-                status = tracing::field::Empty,
-                latency_us = tracing::field::Empty,
-            )
-        })
-        .on_request(())
-        .on_response(|response: &Response, latency: Duration, span: &Span| {
-            span.record("status", response.status().as_u16());
-            span.record("latency_us", latency.as_micros());
-            tracing::debug!("response");
-        });
-    router
-        .layer(middleware::from_fn(fill_empty_error_bodies))
-        .layer(trace)
-}
-
-/// Answers 503 to requests that arrive once the drain has begun, and closes the connection.
-async fn refuse_when_draining(
-    State(shutdown): State<CancellationToken>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if shutdown.is_cancelled() {
-        let mut response = Error::Draining.into_response();
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return response;
-    }
-    next.run(request).await
 }

@@ -5,6 +5,9 @@
 //! (one line naming the setting), 1 for any other failure (data directory locked, database
 //! unusable, address in use, drain timed out, server unreachable or saying no).
 
+mod clients;
+mod logging;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,22 +15,16 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
-use tracing_appender::non_blocking::WorkerGuard;
-use tracing_appender::rolling::{RollingFileAppender, Rotation};
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, fmt};
-
-use serde_json::Value;
 
 use crate::clock::Clock;
-use crate::config::{Config, LogFormat, SyncMode};
-use crate::db::{Database, lock_data_dir};
-use crate::jobs::client::{ClientError, JobsClient};
+use crate::config::Config;
+use crate::db::{Database, SyncMode, database_path, lock_data_dir};
 use crate::security::pki::{DevPki, PkiError};
-use crate::security::tls::client_config;
-use crate::security::tokens::{Role, TokenKeys, valid_user};
+use crate::security::principal::{Role, valid_user};
+use crate::security::tokens::TokenKeys;
 use crate::supervisor;
+use clients::{JobsArgs, finish};
+use logging::init_logging;
 
 /// warden: delayed password hashes, heartbeat discovery and remote jobs, in one SQLite file.
 #[derive(Debug, Parser)]
@@ -117,59 +114,6 @@ enum PkiAction {
 }
 
 #[derive(Debug, Args)]
-struct JobsArgs {
-    /// The jobs listener; `https://` speaks mutual TLS, `http://` plain HTTP.
-    #[arg(long, env = "WARDEN_URL", default_value = "https://127.0.0.1:8443")]
-    url: String,
-    /// Client certificate (PEM) [default: the dev PKI's admin certificate in the data dir].
-    #[arg(long, env = "WARDEN_CERT")]
-    cert: Option<PathBuf>,
-    /// Client key (PEM) [default: the dev PKI's admin key in the data dir].
-    #[arg(long, env = "WARDEN_KEY")]
-    key: Option<PathBuf>,
-    /// CA (PEM) the server's certificate must be signed by [default: the dev PKI's CA].
-    #[arg(long, env = "WARDEN_CA")]
-    ca: Option<PathBuf>,
-    /// Data directory whose dev PKI supplies the defaults above.
-    #[arg(long, env = "WARDEN_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
-    /// The bearer token (see `warden token issue`).
-    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    #[command(subcommand)]
-    action: JobsAction,
-}
-
-#[derive(Debug, Subcommand)]
-enum JobsAction {
-    /// Queue a job: `warden jobs start [--name N] -- CMD ARGS…`; prints it.
-    Start {
-        /// A name to recognise the job by.
-        #[arg(long)]
-        name: Option<String>,
-        /// The program and its arguments, run directly (never through a shell).
-        #[arg(last = true, required = true, num_args = 1..)]
-        command: Vec<String>,
-    },
-    /// List the jobs you may see, newest first.
-    List {
-        /// Only jobs in this status.
-        #[arg(long)]
-        status: Option<String>,
-    },
-    /// Print one job.
-    Status { id: String },
-    /// Stop a job (SIGTERM, then SIGKILL after the grace); prints it once ended.
-    Stop { id: String },
-    /// Print a job's output; with -f, follow it until the job ends.
-    Logs {
-        id: String,
-        #[arg(short, long)]
-        follow: bool,
-    },
-}
-
-#[derive(Debug, Args)]
 struct MigrateArgs {
     /// Directory of the database (`warden.db`).
     #[arg(long, env = "WARDEN_DATA_DIR", default_value = "./data")]
@@ -214,20 +158,9 @@ pub fn main() -> ExitCode {
                     data_dir,
                 },
         } => issue_client(&name, admin, days, &data_dir),
-        Command::Jobs(args) => finish(runtime.block_on(jobs(args))),
-        Command::Hash { password, url } => finish(runtime.block_on(hash(password, &url))),
-        Command::Stats { url } => finish(runtime.block_on(stats(&url))),
-    }
-}
-
-/// Exit code and one line on stderr for a client command's outcome.
-fn finish(outcome: Result<(), ClientError>) -> ExitCode {
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("warden: {error}");
-            ExitCode::FAILURE
-        }
+        Command::Jobs(args) => finish(runtime.block_on(clients::jobs(args))),
+        Command::Hash { password, url } => finish(runtime.block_on(clients::hash(password, &url))),
+        Command::Stats { url } => finish(runtime.block_on(clients::stats(&url))),
     }
 }
 
@@ -294,116 +227,6 @@ fn issue_client(name: &str, admin: bool, days: u32, data_dir: &Path) -> ExitCode
     }
 }
 
-async fn jobs(args: JobsArgs) -> Result<(), ClientError> {
-    let tls = if args.url.starts_with("https://") {
-        let pki = DevPki::of(&args.data_dir);
-        let admin = pki.client("admin");
-        Some(client_config(
-            &args.ca.unwrap_or_else(|| pki.ca()),
-            &args.cert.unwrap_or(admin.cert),
-            &args.key.unwrap_or(admin.key),
-        )?)
-    } else {
-        None
-    };
-    let client = JobsClient::new(&args.url, args.token, tls)?;
-    let mut stdout = std::io::stdout().lock();
-    match args.action {
-        JobsAction::Start { name, command } => {
-            // clap requires at least one word after `--`.
-            let (program, rest) = command
-                .split_first()
-                .map_or(("", &[][..]), |(program, rest)| (program.as_str(), rest));
-            let job = client.start(name.as_deref(), program, rest).await?;
-            print_json(&mut stdout, &job)
-        }
-        JobsAction::List { status } => {
-            let jobs = client.list(status.as_deref()).await?;
-            for job in jobs.as_array().into_iter().flatten() {
-                let args: Vec<&str> = job["args"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                writeln!(
-                    stdout,
-                    "{}  {:<11}  {:<12}  {} {}",
-                    job["id"].as_str().unwrap_or("?"),
-                    job["status"].as_str().unwrap_or("?"),
-                    job["owner"].as_str().unwrap_or("?"),
-                    job["command"].as_str().unwrap_or("?"),
-                    args.join(" ")
-                )?;
-            }
-            Ok(())
-        }
-        JobsAction::Status { id } => print_json(&mut stdout, &client.status(&id).await?),
-        JobsAction::Stop { id } => print_json(&mut stdout, &client.stop(&id).await?),
-        JobsAction::Logs { id, follow } => client.logs(&id, follow, &mut stdout).await,
-    }
-}
-
-async fn hash(password: Option<String>, url: &str) -> Result<(), ClientError> {
-    let password = match password {
-        Some(password) => password,
-        None => {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line)?;
-            line.trim_end_matches(['\r', '\n']).to_owned()
-        }
-    };
-    let response = reqwest::Client::new()
-        .post(format!("{}/hash", url.trim_end_matches('/')))
-        .form(&[("password", &password)])
-        .send()
-        .await;
-    let id = answer_text(url, response).await?;
-    writeln!(std::io::stdout().lock(), "{id}")?;
-    Ok(())
-}
-
-async fn stats(url: &str) -> Result<(), ClientError> {
-    let response = reqwest::get(format!("{}/stats", url.trim_end_matches('/'))).await;
-    let stats = answer_text(url, response).await?;
-    writeln!(std::io::stdout().lock(), "{stats}")?;
-    Ok(())
-}
-
-/// The body of a successful answer, or the one-line reason it failed.
-async fn answer_text(
-    url: &str,
-    response: reqwest::Result<reqwest::Response>,
-) -> Result<String, ClientError> {
-    let response = response.map_err(|error| ClientError::Unreachable {
-        url: url.to_owned(),
-        reason: crate::jobs::client::root_cause(&error),
-    })?;
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|error| ClientError::BadAnswer(error.to_string()))?;
-    if !status.is_success() {
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|body| body["error"].as_str().map(str::to_owned))
-            .unwrap_or(text);
-        return Err(ClientError::Refused {
-            status: status.as_u16(),
-            message,
-        });
-    }
-    Ok(text)
-}
-
-fn print_json(out: &mut impl Write, value: &Value) -> Result<(), ClientError> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|error| ClientError::BadAnswer(error.to_string()))?;
-    writeln!(out, "{text}")?;
-    Ok(())
-}
-
 async fn serve(config: Config) -> ExitCode {
     if let Err(message) = config.validate() {
         eprintln!("warden: {message}");
@@ -439,7 +262,7 @@ async fn migrate(data_dir: &Path) -> ExitCode {
         Ok(()) => {
             eprintln!(
                 "warden: {} is up to date",
-                crate::config::database_path(data_dir).display()
+                database_path(data_dir).display()
             );
             ExitCode::SUCCESS
         }
@@ -467,37 +290,4 @@ fn usage_error(error: &clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Logs to stderr and to a daily file in `data_dir/logs/`; the guard flushes the file.
-fn init_logging(data_dir: &Path, format: LogFormat) -> Result<WorkerGuard, String> {
-    let logs = data_dir.join("logs");
-    std::fs::create_dir_all(&logs)
-        .map_err(|error| format!("cannot create log directory {}: {error}", logs.display()))?;
-    let file = RollingFileAppender::builder()
-        .rotation(Rotation::DAILY)
-        .filename_prefix("warden")
-        .filename_suffix("log")
-        .build(&logs)
-        .map_err(|error| format!("cannot open a log file in {}: {error}", logs.display()))?;
-    let (file, guard) = tracing_appender::non_blocking(file);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let installed = match format {
-        LogFormat::Human => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .with(fmt::layer().with_ansi(false).with_writer(file))
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr),
-            )
-            .with(fmt::layer().json().flatten_event(true).with_writer(file))
-            .try_init(),
-    };
-    installed.map_err(|error| format!("cannot install the logger: {error}"))?;
-    Ok(guard)
 }

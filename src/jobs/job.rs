@@ -1,0 +1,217 @@
+//! What a job is to its users: its status, how it ended, and the record the API shows.
+//!
+//! A status is a [`JobStatus`] everywhere in Rust; it is a string only in SQL (the `jobs`
+//! table's `CHECK`) and in JSON, both spelled by the one `lowercase` rule below.
+
+use serde::{Deserialize, Serialize};
+
+use super::store::JobRow;
+
+/// Where a job is in its life. `queued` and `running` are the only ones it leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting for a worker.
+    Queued,
+    /// A worker runs its process.
+    Running,
+    /// Its process exited with code 0.
+    Succeeded,
+    /// Its process exited otherwise, was killed by a signal, or could not start.
+    Failed,
+    /// Someone asked it to stop.
+    Stopped,
+    /// warden shut down or died while it ran.
+    Interrupted,
+}
+
+impl JobStatus {
+    /// Every status, in the order of a job's life.
+    pub const ALL: [Self; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Stopped,
+        Self::Interrupted,
+    ];
+
+    /// The status as SQL and JSON spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+            Self::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether a job in this status has ended, one way or another.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == name)
+            .ok_or(UnknownStatus)
+    }
+}
+
+/// A name that is not a job status.
+#[derive(Debug, thiserror::Error)]
+#[error("status must be one of queued, running, succeeded, failed, stopped, interrupted")]
+pub struct UnknownStatus;
+
+/// How a running job ended, as its worker records it. One constructor per way to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub status: JobStatus,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub error: Option<String>,
+    /// Output was dropped (past the limit, or lost to a failed commit).
+    pub truncated: bool,
+}
+
+impl Ending {
+    /// The process exited by itself with `exit_code`, or was killed by `signal`.
+    pub fn exited(exit_code: Option<i64>, signal: Option<i64>, truncated: bool) -> Self {
+        let (status, error) = match (exit_code, signal) {
+            (Some(0), _) => (JobStatus::Succeeded, None),
+            (_, Some(signal)) => (
+                JobStatus::Failed,
+                Some(format!("killed by signal {signal}")),
+            ),
+            _ => (JobStatus::Failed, None),
+        };
+        Self {
+            status,
+            exit_code,
+            signal,
+            error,
+            truncated,
+        }
+    }
+
+    /// Someone asked the job to stop; its process ended with `exit_code` or `signal`.
+    pub fn stopped(exit_code: Option<i64>, signal: Option<i64>, truncated: bool) -> Self {
+        Self {
+            status: JobStatus::Stopped,
+            exit_code,
+            signal,
+            error: None,
+            truncated,
+        }
+    }
+
+    /// warden shut down while the job ran; its process ended with `exit_code` or `signal`.
+    pub fn interrupted(exit_code: Option<i64>, signal: Option<i64>, truncated: bool) -> Self {
+        Self {
+            status: JobStatus::Interrupted,
+            exit_code,
+            signal,
+            error: Some("warden shut down while the job was running".to_owned()),
+            truncated,
+        }
+    }
+
+    /// The job failed without an exit status of its own: it could not start, could not be
+    /// tracked, or could not be waited for; `error` says which.
+    pub fn failed(error: String, truncated: bool) -> Self {
+        Self {
+            status: JobStatus::Failed,
+            exit_code: None,
+            signal: None,
+            error: Some(error),
+            truncated,
+        }
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: String,
+    pub name: Option<String>,
+    pub command: String,
+    pub args: Vec<String>,
+    pub owner: String,
+    pub status: JobStatus,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub output_bytes: i64,
+    pub output_truncated: bool,
+}
+
+impl From<JobRow> for Job {
+    fn from(row: JobRow) -> Self {
+        Self {
+            // warden writes `args` from a `Vec<String>`; only a hand-edited row fails to
+            // parse, and it shows no arguments here (the runner refuses to run it).
+            args: row.args().unwrap_or_default(),
+            id: row.id,
+            name: row.name,
+            command: row.command,
+            owner: row.owner,
+            status: row.status,
+            exit_code: row.exit_code,
+            signal: row.signal,
+            error: row.error,
+            created_at: row.created_at_ms,
+            started_at: row.started_at_ms,
+            finished_at: row.finished_at_ms,
+            output_bytes: row.output_bytes,
+            output_truncated: row.output_truncated,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_spelled_alike_in_json_and_by_name() {
+        for status in JobStatus::ALL {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{status}\""));
+            assert_eq!(status.as_str().parse::<JobStatus>().unwrap(), status);
+        }
+        assert!("done".parse::<JobStatus>().is_err());
+        assert!("Queued".parse::<JobStatus>().is_err());
+    }
+
+    #[test]
+    fn an_exit_code_of_zero_is_success_and_anything_else_a_failure() {
+        assert_eq!(
+            Ending::exited(Some(0), None, false).status,
+            JobStatus::Succeeded
+        );
+        let failed = Ending::exited(Some(3), None, false);
+        assert_eq!((failed.status, failed.error), (JobStatus::Failed, None));
+        let killed = Ending::exited(None, Some(9), true);
+        assert_eq!(killed.status, JobStatus::Failed);
+        assert_eq!(killed.error.as_deref(), Some("killed by signal 9"));
+        assert!(killed.truncated);
+    }
+}

@@ -1,0 +1,42 @@
+//! The one shape every service has: started from a [`Context`] and its own settings, then
+//! turned into the router the supervisor serves on the service's listener.
+
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::db::Database;
+
+/// What the supervisor hands every service it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The open database.
+    pub db: &'a Database,
+    /// Tracks every task a service spawns; the supervisor waits on it while draining.
+    pub tasks: &'a TaskTracker,
+    /// Cancelled when the drain begins; a service's loops end on it.
+    pub shutdown: &'a CancellationToken,
+    /// Where "now" comes from.
+    pub clock: &'a Clock,
+}
+
+/// A service of warden: its state, how it starts, and its routes.
+pub trait Service: Sized + Send {
+    /// The service's name, as `/healthz` and the logs show it.
+    const NAME: &'static str;
+    /// What the operator sets for it.
+    type Settings: Send;
+    /// Why it could not start.
+    type StartError: std::error::Error + Send;
+
+    /// Starts the service's writers and background tasks (tracked by `context.tasks`) and
+    /// returns its state.
+    fn start(
+        context: Context<'_>,
+        settings: Self::Settings,
+    ) -> impl Future<Output = Result<Self, Self::StartError>> + Send;
+
+    /// The service's routes, with its state.
+    fn router(self) -> Router;
+}
