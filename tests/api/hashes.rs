@@ -1,12 +1,9 @@
 //! The hash service's contract over real HTTP: ids, the delay, stats, and every bad input.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{ANGRY_MONKEY, TestApp};
+use crate::helpers::{self, ANGRY_MONKEY, TestApp};
 use reqwest::header;
 
 #[tokio::test]
@@ -277,7 +274,7 @@ async fn hashes_ids_and_stats_survive_a_restart() {
 #[tokio::test]
 async fn the_delay_is_a_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = warden::clock::Clock::manual(common::START_MS);
+    let clock = warden::clock::Clock::manual(helpers::START_MS);
     let app = TestApp::spawn_in(dir, clock, &["--hash-delay", "250ms"]).await;
     let id = app.create_hash("angryMonkey").await;
     app.clock.advance(Duration::from_millis(249));

@@ -1,12 +1,9 @@
 //! The discovery registry's contract over real HTTP, with a manual clock.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{START_MS, TestApp};
+use crate::helpers::{START_MS, TestApp};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use warden::clock::Clock;

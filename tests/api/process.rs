@@ -1,17 +1,14 @@
 //! The real `warden` binary as an operator runs it: settings, signals, kill -9, the lock.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ANGRY_MONKEY, WardenProcess};
+use crate::helpers::{self, ANGRY_MONKEY, WardenProcess};
 use tokio::process::Command;
 
 /// Runs `warden ARGS` with `env` to completion; returns (exit code, stderr).
 async fn run_warden(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let (code, _, stderr) = common::run_cli(args, env).await;
+    let (code, _, stderr) = helpers::run_cli(args, env).await;
     (code, stderr)
 }
 
@@ -141,7 +138,7 @@ async fn kill_9_loses_no_acknowledged_hash_or_stat() {
         assert_eq!(hash == ANGRY_MONKEY, password == "angryMonkey", "id {id}");
     }
     let stats: serde_json::Value =
-        common::get_json(&client, format!("{}/stats", warden.hashes)).await;
+        helpers::get_json(&client, format!("{}/stats", warden.hashes)).await;
     let max_id = acknowledged.iter().map(|(id, _)| *id).max().unwrap();
     assert!(stats["total"].as_i64().unwrap() >= max_id);
 }
@@ -196,7 +193,7 @@ async fn kill_9_loses_no_acknowledged_heartbeat() {
     let warden = WardenProcess::start(dir.path(), &["--instance-ttl", "1h"]).await;
     for (path, updated) in latest {
         let stored: serde_json::Value =
-            common::get_json(&client, format!("{}{path}", warden.registry)).await;
+            helpers::get_json(&client, format!("{}{path}", warden.registry)).await;
         assert!(
             stored["updatedAt"].as_i64().unwrap() >= updated,
             "{path}: acknowledged {updated}, stored {stored}"
@@ -209,7 +206,7 @@ async fn a_second_serve_on_the_same_data_dir_exits_at_once_with_a_clear_message(
     let dir = tempfile::tempdir().unwrap();
     let mut first = WardenProcess::start(dir.path(), &[]).await;
     let mut args = vec!["serve".to_owned()];
-    args.extend(common::port_zero_flags(dir.path()));
+    args.extend(helpers::port_zero_flags(dir.path()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, stderr) = run_warden(&args, &[]).await;
     assert_eq!(code, Some(1), "{stderr}");
@@ -252,7 +249,7 @@ async fn migrate_creates_the_database_and_exits() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
-use common::run_cli as warden_cli;
+use crate::helpers::run_cli as warden_cli;
 
 /// `warden token issue` for `user` with `role` on `data_dir`.
 async fn issue_token(data_dir: &std::path::Path, user: &str, role: &str) -> String {

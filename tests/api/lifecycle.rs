@@ -1,11 +1,8 @@
 //! The supervisor's lifecycle in-process: health, the data-dir lock, and the graceful drain.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::time::Duration;
 
-use common::TestApp;
+use crate::helpers::{self, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden::config::Config;
@@ -33,7 +30,7 @@ async fn healthz_reports_version_uptime_and_each_service() {
 #[tokio::test]
 async fn a_second_warden_on_the_same_data_dir_refuses_to_start() {
     let app = TestApp::spawn().await;
-    let mut flags = common::port_zero_flags(app.dir.path());
+    let mut flags = helpers::port_zero_flags(app.dir.path());
     flags.push("--no-hashes".into());
     let config = Config::from_flags(flags).unwrap();
     let second = App::build(config).await;
@@ -46,7 +43,7 @@ async fn a_second_warden_on_the_same_data_dir_refuses_to_start() {
     let (dir, _) = app.stop().await;
 
     // Once the first has stopped, the lock is free again.
-    let config = Config::from_flags(common::port_zero_flags(dir.path())).unwrap();
+    let config = Config::from_flags(helpers::port_zero_flags(dir.path())).unwrap();
     let third = App::build(config).await.expect("the lock was released");
     third.shutdown_token().cancel();
     third.run_until_stopped().await.unwrap();
@@ -128,7 +125,7 @@ async fn shutdown_finishes_in_flight_work_refuses_new_work_and_ends_cleanly() {
     app.clock.advance(Duration::from_secs(5));
     assert_eq!(
         app.get_hash("2").await.text().await.unwrap(),
-        common::ANGRY_MONKEY
+        helpers::ANGRY_MONKEY
     );
     app.stop().await;
 }
@@ -138,7 +135,7 @@ async fn the_data_directory_is_private_to_warden_s_user() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let app = TestApp::spawn_in(dir, warden::clock::Clock::manual(common::START_MS), &[]).await;
+    let app = TestApp::spawn_in(dir, warden::clock::Clock::manual(helpers::START_MS), &[]).await;
     let mode = std::fs::metadata(app.dir.path())
         .unwrap()
         .permissions()

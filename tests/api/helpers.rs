@@ -1,7 +1,5 @@
 //! Test harness: the real supervisor on port 0 with a temp data dir and a manual clock, and a
 //! way to run the real `warden` binary.
-#![allow(dead_code)] // each test crate uses a different part of the harness
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,7 +43,7 @@ pub fn port_zero_flags(data_dir: &Path) -> Vec<String> {
 }
 
 /// `--jobs-tls off` unless the test chose a TLS mode: most tests drive the jobs API with
-/// tokens over plain HTTP; `tests/tls.rs` asks for mutual TLS.
+/// tokens over plain HTTP; the `tls` tests ask for mutual TLS.
 fn plain_jobs_unless_asked(flags: &[&str]) -> Vec<String> {
     if flags.contains(&"--jobs-tls") {
         Vec::new()

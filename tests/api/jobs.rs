@@ -1,11 +1,8 @@
 //! The job runner over real HTTP: routes, statuses, ownership, tokens, stop, output.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::time::Duration;
 
-use common::{START_MS, TestApp};
+use crate::helpers::{START_MS, TestApp};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use warden::clock::Clock;

@@ -1,14 +1,11 @@
 //! Mutual TLS on the jobs listener, over real TLS connections: who gets in, who does not,
 //! and what each principal may see.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{START_MS, TestApp, WardenProcess, run_cli};
+use crate::helpers::{START_MS, TestApp, WardenProcess, run_cli};
 use reqwest::StatusCode;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
