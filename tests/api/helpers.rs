@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use reqwest::StatusCode;
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -193,8 +195,7 @@ impl TestApp {
 
     /// `GET /stats` as (total, average).
     pub async fn stats(&self) -> (i64, i64) {
-        let stats: serde_json::Value =
-            get_json(&self.client, format!("{}/stats", self.hashes)).await;
+        let (_, stats) = call(self.client.get(format!("{}/stats", self.hashes))).await;
         (
             stats["total"].as_i64().unwrap(),
             stats["average"].as_i64().unwrap(),
@@ -202,9 +203,22 @@ impl TestApp {
     }
 }
 
-/// `GET url`, expecting a JSON body.
-pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
-    client.get(url).send().await.unwrap().json().await.unwrap()
+/// Sends `request` and reads the answer: its status and its JSON body. A 204 has no body and
+/// reads as `Null`; any other answer whose body is not JSON fails the test, since every warden
+/// route answers JSON (errors included) except `/hash`'s plain-text ids and hashes and a job's
+/// output, which the tests read as text or bytes.
+pub async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.expect("the request was answered");
+    let status = response.status();
+    let body = response.bytes().await.expect("the body arrived");
+    if status == StatusCode::NO_CONTENT && body.is_empty() {
+        return (status, Value::Null);
+    }
+    let json = serde_json::from_slice(&body).unwrap_or_else(|error| {
+        let body = String::from_utf8_lossy(&body);
+        panic!("{status} with a body that is not JSON ({error}): {body:?}")
+    });
+    (status, json)
 }
 
 /// Runs `warden ARGS` with `env` added to completion; returns (exit code, stdout, stderr).

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{START_MS, TestApp};
+use crate::helpers::{self, START_MS, TestApp};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use warden::clock::Clock;
@@ -33,10 +33,7 @@ impl User {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        helpers::call(request).await
     }
 
     /// Queues `command args…`; returns the job id.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{self, TestApp};
+use crate::helpers::{self, TestApp, call};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden::config::Config;
@@ -12,14 +12,8 @@ use warden::supervisor::{App, StartError};
 #[tokio::test]
 async fn healthz_reports_version_uptime_and_each_service() {
     let app = TestApp::spawn().await;
-    let response = app
-        .client
-        .get(format!("{}/healthz", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let health: serde_json::Value = response.json().await.unwrap();
+    let (status, health) = call(app.client.get(format!("{}/healthz", app.admin))).await;
+    assert_eq!(status, 200);
     assert_eq!(health["status"], "ok");
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     assert!(health["uptimeMs"].is_u64());
@@ -68,35 +62,17 @@ async fn shutdown_finishes_in_flight_work_refuses_new_work_and_ends_cleanly() {
     // Let the server read the head and start the handler before the drain begins.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let shutdown = app
-        .client
-        .post(format!("{}/shutdown", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(shutdown.status(), 200);
+    let (shutdown, _) = call(app.client.post(format!("{}/shutdown", app.admin))).await;
+    assert_eq!(shutdown, 200);
 
     // Health says draining while the in-flight request holds the drain open.
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 503);
-    assert_eq!(
-        health.json::<serde_json::Value>().await.unwrap()["status"],
-        "draining"
-    );
+    let (status, health) = call(app.client.get(format!("{}/healthz", app.admin))).await;
+    assert_eq!(status, 503);
+    assert_eq!(health["status"], "draining");
 
     // A repeated shutdown request is harmless.
-    let again = app
-        .client
-        .get(format!("{}/shutdown", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 200);
+    let (again, _) = call(app.client.get(format!("{}/shutdown", app.admin))).await;
+    assert_eq!(again, 200);
 
     // New work is refused: the listener no longer accepts, or answers 503.
     let fresh = reqwest::Client::new()

@@ -5,7 +5,7 @@
 //! `tests/fixtures/` and never edited, and a test here that loads it, starts today's warden
 //! on it and reads the data back.
 
-use crate::helpers::{self, ANGRY_MONKEY, START_MS, TestApp};
+use crate::helpers::{ANGRY_MONKEY, START_MS, TestApp, call};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use warden::clock::Clock;
@@ -38,9 +38,9 @@ async fn a_v0_1_0_database_upgrades_with_its_hashes_instances_jobs_and_output() 
         "ids continue after the old ones"
     );
 
-    let instance: serde_json::Value = helpers::get_json(
-        &app.client,
-        format!("{}/particle-detector/e335", app.registry),
+    let (_, instance) = call(
+        app.client
+            .get(format!("{}/particle-detector/e335", app.registry)),
     )
     .await;
     assert_eq!(instance["meta"], serde_json::json!({"zone": "eu-1"}));
@@ -49,17 +49,17 @@ async fn a_v0_1_0_database_upgrades_with_its_hashes_instances_jobs_and_output() 
     let token = app.token("root", Role::Admin).await;
     let job = "b4ab31d7-e449-4abf-ad16-e65f975d25cb";
     let read = |path: String| {
-        let request = app
-            .client
+        app.client
             .get(format!("{}{path}", app.jobs))
-            .bearer_auth(&token);
-        async move { request.send().await.unwrap() }
+            .bearer_auth(&token)
     };
-    let status: serde_json::Value = read(format!("/jobs/{job}")).await.json().await.unwrap();
+    let (_, status) = call(read(format!("/jobs/{job}"))).await;
     assert_eq!(status["status"], "succeeded");
     assert_eq!(status["owner"], "alice");
     let output = read(format!("/jobs/{job}/output"))
+        .send()
         .await
+        .unwrap()
         .bytes()
         .await
         .unwrap();

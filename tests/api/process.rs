@@ -137,8 +137,7 @@ async fn kill_9_loses_no_acknowledged_hash_or_stat() {
         let hash = response.text().await.unwrap();
         assert_eq!(hash == ANGRY_MONKEY, password == "angryMonkey", "id {id}");
     }
-    let stats: serde_json::Value =
-        helpers::get_json(&client, format!("{}/stats", warden.hashes)).await;
+    let (_, stats) = helpers::call(client.get(format!("{}/stats", warden.hashes))).await;
     let max_id = acknowledged.iter().map(|(id, _)| *id).max().unwrap();
     assert!(stats["total"].as_i64().unwrap() >= max_id);
 }
@@ -192,8 +191,7 @@ async fn kill_9_loses_no_acknowledged_heartbeat() {
     }
     let warden = WardenProcess::start(dir.path(), &["--instance-ttl", "1h"]).await;
     for (path, updated) in latest {
-        let stored: serde_json::Value =
-            helpers::get_json(&client, format!("{}{path}", warden.registry)).await;
+        let (_, stored) = helpers::call(client.get(format!("{}{path}", warden.registry))).await;
         assert!(
             stored["updatedAt"].as_i64().unwrap() >= updated,
             "{path}: acknowledged {updated}, stored {stored}"
@@ -351,16 +349,13 @@ async fn after_kill_9_queued_jobs_run_and_running_ones_are_interrupted_and_kille
         let url = format!("{}/jobs", warden.jobs);
         let token = token.clone();
         async move {
-            let job: serde_json::Value = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&serde_json::json!({"command": command, "args": args}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let (_, job) = helpers::call(
+                client
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({"command": command, "args": args})),
+            )
+            .await;
             job["id"].as_str().unwrap().to_owned()
         }
     };
@@ -392,17 +387,7 @@ async fn after_kill_9_queued_jobs_run_and_running_ones_are_interrupted_and_kille
         let client = client.clone();
         let url = format!("{}/jobs/{id}", warden.jobs);
         let token = token.clone();
-        async move {
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        }
+        async move { helpers::call(client.get(url).bearer_auth(token)).await.1 }
     };
     let interrupted = job(running.clone()).await;
     assert_eq!(interrupted["status"], "interrupted");

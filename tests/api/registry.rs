@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::helpers::{START_MS, TestApp};
+use crate::helpers::{self, START_MS, TestApp};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use warden::clock::Clock;
@@ -17,21 +17,16 @@ impl TestApp {
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(body.to_owned());
         }
-        let response = request.send().await.unwrap();
-        (response.status(), response.json().await.unwrap())
+        helpers::call(request).await
     }
 
-    /// `METHOD {registry}{path}`; returns (status, JSON or Null).
+    /// `METHOD {registry}{path}`; returns (status, JSON, or Null for a 204).
     async fn call(&self, method: Method, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .request(method, format!("{}{path}", self.registry))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        helpers::call(
+            self.client
+                .request(method, format!("{}{path}", self.registry)),
+        )
+        .await
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -238,17 +233,12 @@ async fn concurrent_heartbeats_on_twenty_ids_leave_twenty_consistent_instances()
     let beats = (0..200).map(|n| {
         let client = app.client.clone();
         let url = format!("{}/swarm/node-{}", app.registry, n % 20);
-        tokio::spawn(async move {
-            let response = client
+        tokio::spawn(helpers::call(
+            client
                 .post(url)
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(format!(r#"{{"n":{n}}}"#))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            (status, response.json::<Value>().await.unwrap())
-        })
+                .body(format!(r#"{{"n":{n}}}"#)),
+        ))
     });
     let mut by_id: BTreeMap<String, Vec<(StatusCode, Value)>> = BTreeMap::new();
     for beat in beats.collect::<Vec<_>>() {

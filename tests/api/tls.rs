@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::helpers::{START_MS, TestApp, WardenProcess, run_cli};
+use crate::helpers::{self, START_MS, TestApp, WardenProcess, run_cli};
 use reqwest::StatusCode;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -63,9 +63,7 @@ async fn call(
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    helpers::call(request).await
 }
 
 async fn start(client: &reqwest::Client, app: &TestApp, word: &str) -> String {
