@@ -221,6 +221,32 @@ pub async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     (status, json)
 }
 
+/// How long [`eventually`] pauses between two looks.
+const POLL_PAUSE: Duration = Duration::from_millis(10);
+
+/// Asks `probe` again and again until it answers `Some`, and returns that answer; fails the
+/// test, naming `what`, if none came within `timeout` (a probe that hangs counts against the
+/// timeout too). For what a test cannot await directly, such as a purge on the scheduler's
+/// real-time tick or the runner's progress on a job. The pause between two looks is the only
+/// sleep the tests have.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let poll = async {
+        loop {
+            if let Some(answer) = probe().await {
+                return answer;
+            }
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+    };
+    tokio::time::timeout(timeout, poll)
+        .await
+        .unwrap_or_else(|_| panic!("not within {timeout:?}: {what}"))
+}
+
 /// Runs `warden ARGS` with `env` added to completion; returns (exit code, stdout, stderr).
 pub async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let output = tokio::time::timeout(

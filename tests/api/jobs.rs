@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{self, START_MS, TestApp};
+use crate::helpers::{self, START_MS, TestApp, eventually};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use warden::clock::Clock;
@@ -564,14 +564,12 @@ async fn late_followers_join_a_running_job_at_any_offset() {
         after.display()
     );
     let id = alice.start("sh", &["-c", &script]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while alice.job(&id).await["outputBytes"] != 3_000_000 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first part was stored"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the first part was stored",
+        Duration::from_secs(30),
+        async || (alice.job(&id).await["outputBytes"] == 3_000_000).then_some(()),
+    )
+    .await;
     let offsets = [0, 1_234_567, 2_999_999, 3_000_000];
     let mut followers = Vec::new();
     for offset in offsets {
@@ -658,14 +656,15 @@ async fn a_running_job_says_at_once_that_output_was_dropped() {
     let id = alice
         .start("sh", &["-c", "head -c 5000 /dev/zero; sleep 300"])
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let job = loop {
-        let job = alice.job(&id).await;
-        if job["outputTruncated"] == true || tokio::time::Instant::now() > deadline {
-            break job;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let job = eventually(
+        "the running job said its output was dropped",
+        Duration::from_secs(10),
+        async || {
+            let job = alice.job(&id).await;
+            (job["outputTruncated"] == true).then_some(job)
+        },
+    )
+    .await;
     assert_eq!(job["outputTruncated"], true, "{job}");
     assert_eq!(job["status"], "running", "said before the job ended");
     assert_eq!(job["outputBytes"], 1000);

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::helpers::{self, ANGRY_MONKEY, WardenProcess};
+use crate::helpers::{self, ANGRY_MONKEY, WardenProcess, eventually};
 use tokio::process::Command;
 
 /// Runs `warden ARGS` with `env` to completion; returns (exit code, stderr).
@@ -116,9 +116,12 @@ async fn kill_9_loses_no_acknowledged_hash_or_stat() {
             })
         })
         .collect();
-    while acknowledged.lock().unwrap().len() < 200 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        "200 hashes were acknowledged",
+        Duration::from_secs(30),
+        async || (acknowledged.lock().unwrap().len() >= 200).then_some(()),
+    )
+    .await;
     warden.signal("KILL").await;
     for client in clients {
         client.await.unwrap();
@@ -173,9 +176,12 @@ async fn kill_9_loses_no_acknowledged_heartbeat() {
             })
         })
         .collect();
-    while acknowledged.lock().unwrap().len() < 300 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        "300 heartbeats were acknowledged",
+        Duration::from_secs(30),
+        async || (acknowledged.lock().unwrap().len() >= 300).then_some(()),
+    )
+    .await;
     warden.signal("KILL").await;
     for client in clients {
         client.await.unwrap();

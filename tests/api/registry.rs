@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::helpers::{self, START_MS, TestApp};
+use crate::helpers::{self, START_MS, TestApp, eventually};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use warden::clock::Clock;
@@ -356,14 +356,12 @@ async fn the_purge_deletes_expired_rows_from_the_database() {
         ids
     };
     // The scheduler runs on real time; wait for a purge (it ticks every 500 ms at most).
-    let purged = async {
-        while count().await != ["fresh"] {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), purged)
-        .await
-        .expect("the purge deleted the expired rows and kept the live one");
+    eventually(
+        "the purge deleted the expired rows and kept the live one",
+        Duration::from_secs(10),
+        async || (count().await == ["fresh"]).then_some(()),
+    )
+    .await;
     app.stop().await;
 }
 
