@@ -43,24 +43,41 @@ async fn a_second_warden_on_the_same_data_dir_refuses_to_start() {
     third.run_until_stopped().await.unwrap();
 }
 
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 #[tokio::test]
 async fn shutdown_finishes_in_flight_work_refuses_new_work_and_ends_cleanly() {
     let app = TestApp::spawn().await;
     app.create_hash("before").await;
 
-    // A request whose body is still arriving when the drain begins.
+    // A request whose body is still arriving when the drain begins. It must be in flight,
+    // not merely sent: a request whose handling starts after the drain has begun is refused
+    // with 503 instead. So it asks for `100 Continue`, which the HTTP server (hyper) sends only
+    // when the handler first reads the body, and the handler runs only for a request that got
+    // past the draining check. Reading that answer proves the request is being handled before
+    // the drain starts, however slowly the server gets to it; no sleep has to guess how long.
     let mut in_flight = TcpStream::connect(app.hashes_addr).await.unwrap();
     let body = "password=angryMonkey";
     let head = format!(
         "POST /hash HTTP/1.1\r\nHost: warden\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {}\r\n\r\n",
+         Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
     );
     in_flight.write_all(head.as_bytes()).await.unwrap();
+    in_flight.flush().await.unwrap();
+    // Until the body is complete, the only answer that can come is this one (or an error).
+    let mut interim = [0; CONTINUE.len()];
+    tokio::time::timeout(Duration::from_secs(30), in_flight.read_exact(&mut interim))
+        .await
+        .expect("the handler started reading the body within 30 s")
+        .expect("an interim answer, not a closed connection");
+    assert_eq!(
+        String::from_utf8_lossy(&interim),
+        String::from_utf8_lossy(CONTINUE)
+    );
     in_flight.write_all(&body.as_bytes()[..4]).await.unwrap();
     in_flight.flush().await.unwrap();
-    // Let the server read the head and start the handler before the drain begins.
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let (shutdown, _) = call(app.client.post(format!("{}/shutdown", app.admin))).await;
     assert_eq!(shutdown, 200);
