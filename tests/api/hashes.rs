@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::helpers::{self, ANGRY_MONKEY, TestApp, call};
+use crate::helpers::{ANGRY_MONKEY, TestApp, call};
 use reqwest::header;
 
 #[tokio::test]
@@ -262,9 +262,7 @@ async fn hashes_ids_and_stats_survive_a_restart() {
 
 #[tokio::test]
 async fn the_delay_is_a_setting() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = warden::clock::Clock::manual(helpers::START_MS);
-    let app = TestApp::spawn_in(dir, clock, &["--hash-delay", "250ms"]).await;
+    let app = TestApp::spawn_with(&["--hash-delay", "250ms"]).await;
     let id = app.create_hash("angryMonkey").await;
     app.clock.advance(Duration::from_millis(249));
     let pending = app.get_hash(&id.to_string()).await;

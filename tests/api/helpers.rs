@@ -71,8 +71,13 @@ pub struct TestApp {
 impl TestApp {
     /// A fresh warden on a new temp data dir, with a manual clock at [`START_MS`].
     pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// [`TestApp::spawn`] with extra serve flags.
+    pub async fn spawn_with(extra_flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::spawn_in(dir, Clock::manual(START_MS), &[]).await
+        Self::spawn_in(dir, Clock::manual(START_MS), extra_flags).await
     }
 
     /// A warden on `dir` (e.g. one a stopped app left behind), with extra serve flags.
@@ -219,6 +224,36 @@ pub async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
         panic!("{status} with a body that is not JSON ({error}): {body:?}")
     });
     (status, json)
+}
+
+/// Reads the streamed body of `response` until `wanted` has arrived (at most 30 s); returns
+/// what was read.
+pub async fn read_until(response: &mut reqwest::Response, wanted: &str) -> String {
+    let mut seen = Vec::new();
+    let read = async {
+        while !String::from_utf8_lossy(&seen).contains(wanted) {
+            let chunk = response.chunk().await.unwrap().expect("stream ended early");
+            seen.extend_from_slice(&chunk);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("output arrived");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Whether process `pid` has ended.
+pub fn process_is_gone(pid: &str) -> bool {
+    // Gone, or a zombie waiting for a parent that is not ours to reap.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z'),
+    }
 }
 
 /// How long [`eventually`] pauses between two looks.

@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use crate::helpers::{self, START_MS, TestApp, eventually};
+use crate::helpers::{self, START_MS, TestApp, eventually, process_is_gone, read_until};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use warden::clock::Clock;
 use warden::security::tokens::Role;
 
 /// A client of one user of the jobs listener.
@@ -208,8 +207,7 @@ async fn without_a_valid_token_nothing_works() {
     let expired = app.expired_token("alice", Role::Admin).await;
     let forged = {
         // Right claims, signed with another key.
-        let other = tempfile::tempdir().unwrap();
-        let other = TestApp::spawn_in(other, Clock::manual(START_MS), &[]).await;
+        let other = TestApp::spawn().await;
         let token = other.token("alice", Role::Admin).await;
         other.stop().await;
         token
@@ -317,34 +315,6 @@ async fn bad_requests_are_4xx_and_change_nothing() {
     app.stop().await;
 }
 
-/// Reads `response` until `wanted` has arrived; returns what was read.
-async fn read_until(response: &mut reqwest::Response, wanted: &str) -> String {
-    let mut seen = Vec::new();
-    let read = async {
-        while !String::from_utf8_lossy(&seen).contains(wanted) {
-            let chunk = response.chunk().await.unwrap().expect("stream ended early");
-            seen.extend_from_slice(&chunk);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .expect("output arrived");
-    String::from_utf8_lossy(&seen).into_owned()
-}
-
-fn process_is_gone(pid: &str) -> bool {
-    // Gone, or a zombie waiting for a parent that is not ours to reap.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .trim_start()
-            .starts_with('Z'),
-    }
-}
-
 #[tokio::test]
 async fn stop_ends_a_job_with_its_children_and_is_idempotent() {
     let app = TestApp::spawn().await;
@@ -387,8 +357,7 @@ async fn stop_ends_a_job_with_its_children_and_is_idempotent() {
 
 #[tokio::test]
 async fn a_job_that_ignores_sigterm_is_killed_after_the_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-stop-grace", "300ms"]).await;
+    let app = TestApp::spawn_with(&["--job-stop-grace", "300ms"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let id = alice
         .start(
@@ -412,8 +381,7 @@ async fn a_job_that_ignores_sigterm_is_killed_after_the_grace() {
 
 #[tokio::test]
 async fn a_queued_job_stops_without_ever_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-workers", "1"]).await;
+    let app = TestApp::spawn_with(&["--job-workers", "1"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let busy = alice.start("sh", &["-c", "echo busy; sleep 300"]).await;
     let mut output = alice.output(&busy, "?follow=true").await;
@@ -524,8 +492,7 @@ async fn concurrent_submissions_each_get_back_their_own_job() {
 
 #[tokio::test]
 async fn one_worker_runs_queued_jobs_in_submission_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-workers", "1"]).await;
+    let app = TestApp::spawn_with(&["--job-workers", "1"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let go = app.dir.path().join("go");
     let gate = format!("while [ ! -e '{}' ]; do sleep 0.01; done", go.display());
@@ -625,13 +592,7 @@ async fn binary_output_round_trips_byte_for_byte() {
 
 #[tokio::test]
 async fn output_past_the_limit_is_dropped_and_the_job_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(
-        dir,
-        Clock::manual(START_MS),
-        &["--job-output-limit", "1000"],
-    )
-    .await;
+    let app = TestApp::spawn_with(&["--job-output-limit", "1000"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let id = alice.start("head", &["-c", "500000", "/dev/zero"]).await;
     let output = alice.wait(&id).await;
@@ -645,13 +606,7 @@ async fn output_past_the_limit_is_dropped_and_the_job_says_so() {
 
 #[tokio::test]
 async fn a_running_job_says_at_once_that_output_was_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(
-        dir,
-        Clock::manual(START_MS),
-        &["--job-output-limit", "1000"],
-    )
-    .await;
+    let app = TestApp::spawn_with(&["--job-output-limit", "1000"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let id = alice
         .start("sh", &["-c", "head -c 5000 /dev/zero; sleep 300"])
@@ -691,8 +646,7 @@ async fn jobs_and_their_output_survive_a_restart() {
 
 #[tokio::test]
 async fn shutdown_interrupts_running_jobs_and_leaves_queued_ones_queued() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-workers", "1"]).await;
+    let app = TestApp::spawn_with(&["--job-workers", "1"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let running = alice.start("sh", &["-c", "echo up; exec sleep 300"]).await;
     let mut output = alice.output(&running, "?follow=true").await;

@@ -6,7 +6,6 @@ use std::time::Duration;
 use crate::helpers::{self, START_MS, TestApp, eventually};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use warden::clock::Clock;
 
 impl TestApp {
     /// `POST /{group}/{id}` with `body` (None: no body); returns (status, JSON).
@@ -330,13 +329,7 @@ async fn after_an_outage_live_instances_get_one_ttl_of_grace_and_expired_ones_st
 
 #[tokio::test]
 async fn the_purge_deletes_expired_rows_from_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(
-        dir,
-        Clock::manual(START_MS),
-        &["--instance-ttl", "1ms", "--purge-every", "100ms"],
-    )
-    .await;
+    let app = TestApp::spawn_with(&["--instance-ttl", "1ms", "--purge-every", "100ms"]).await;
     for id in ["a", "b", "c"] {
         app.beat("g", id, None).await;
     }
