@@ -4,7 +4,9 @@
 //! One test binary, one module per topic (zero-to-production's `tests/api/` layout):
 //! - `helpers`: the harness every topic shares: `TestApp` (the real supervisor in-process on
 //!   port 0, with a fresh temp data dir and a manual clock), `WardenProcess` (the real `warden`
-//!   binary as a child process), and the small typed helpers the tests are written in;
+//!   binary as a child process), and the small typed helpers the tests are written in:
+//!   `call` (send, then status and JSON body), `eventually` (poll a probe; the only sleep)
+//!   and `read_until` (a streamed body up to some text);
 //! - `hashes`, `registry`, `jobs`: each service's HTTP contract;
 //! - `tls`: mutual TLS on the jobs listener;
 //! - `lifecycle`: health, the data-dir lock and the graceful drain, in-process;
