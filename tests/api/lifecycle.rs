@@ -1,11 +1,8 @@
 //! The supervisor's lifecycle in-process: health, the data-dir lock, and the graceful drain.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::time::Duration;
 
-use common::TestApp;
+use crate::helpers::{self, TestApp, call};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden::config::Config;
@@ -15,14 +12,8 @@ use warden::supervisor::{App, StartError};
 #[tokio::test]
 async fn healthz_reports_version_uptime_and_each_service() {
     let app = TestApp::spawn().await;
-    let response = app
-        .client
-        .get(format!("{}/healthz", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let health: serde_json::Value = response.json().await.unwrap();
+    let (status, health) = call(app.client.get(format!("{}/healthz", app.admin))).await;
+    assert_eq!(status, 200);
     assert_eq!(health["status"], "ok");
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     assert!(health["uptimeMs"].is_u64());
@@ -33,7 +24,7 @@ async fn healthz_reports_version_uptime_and_each_service() {
 #[tokio::test]
 async fn a_second_warden_on_the_same_data_dir_refuses_to_start() {
     let app = TestApp::spawn().await;
-    let mut flags = common::port_zero_flags(app.dir.path());
+    let mut flags = helpers::port_zero_flags(app.dir.path());
     flags.push("--no-hashes".into());
     let config = Config::from_flags(flags).unwrap();
     let second = App::build(config).await;
@@ -46,60 +37,59 @@ async fn a_second_warden_on_the_same_data_dir_refuses_to_start() {
     let (dir, _) = app.stop().await;
 
     // Once the first has stopped, the lock is free again.
-    let config = Config::from_flags(common::port_zero_flags(dir.path())).unwrap();
+    let config = Config::from_flags(helpers::port_zero_flags(dir.path())).unwrap();
     let third = App::build(config).await.expect("the lock was released");
     third.shutdown_token().cancel();
     third.run_until_stopped().await.unwrap();
 }
+
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_work_refuses_new_work_and_ends_cleanly() {
     let app = TestApp::spawn().await;
     app.create_hash("before").await;
 
-    // A request whose body is still arriving when the drain begins.
+    // A request whose body is still arriving when the drain begins. It must be in flight,
+    // not merely sent: a request whose handling starts after the drain has begun is refused
+    // with 503 instead. So it asks for `100 Continue`, which the HTTP server (hyper) sends only
+    // when the handler first reads the body, and the handler runs only for a request that got
+    // past the draining check. Reading that answer proves the request is being handled before
+    // the drain starts, however slowly the server gets to it; no sleep has to guess how long.
     let mut in_flight = TcpStream::connect(app.hashes_addr).await.unwrap();
     let body = "password=angryMonkey";
     let head = format!(
         "POST /hash HTTP/1.1\r\nHost: warden\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {}\r\n\r\n",
+         Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
     );
     in_flight.write_all(head.as_bytes()).await.unwrap();
+    in_flight.flush().await.unwrap();
+    // Until the body is complete, the only answer that can come is this one (or an error).
+    let mut interim = [0; CONTINUE.len()];
+    tokio::time::timeout(Duration::from_secs(30), in_flight.read_exact(&mut interim))
+        .await
+        .expect("the handler started reading the body within 30 s")
+        .expect("an interim answer, not a closed connection");
+    assert_eq!(
+        String::from_utf8_lossy(&interim),
+        String::from_utf8_lossy(CONTINUE)
+    );
     in_flight.write_all(&body.as_bytes()[..4]).await.unwrap();
     in_flight.flush().await.unwrap();
-    // Let the server read the head and start the handler before the drain begins.
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let shutdown = app
-        .client
-        .post(format!("{}/shutdown", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(shutdown.status(), 200);
+    let (shutdown, _) = call(app.client.post(format!("{}/shutdown", app.admin))).await;
+    assert_eq!(shutdown, 200);
 
     // Health says draining while the in-flight request holds the drain open.
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 503);
-    assert_eq!(
-        health.json::<serde_json::Value>().await.unwrap()["status"],
-        "draining"
-    );
+    let (status, health) = call(app.client.get(format!("{}/healthz", app.admin))).await;
+    assert_eq!(status, 503);
+    assert_eq!(health["status"], "draining");
 
     // A repeated shutdown request is harmless.
-    let again = app
-        .client
-        .get(format!("{}/shutdown", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 200);
+    let (again, _) = call(app.client.get(format!("{}/shutdown", app.admin))).await;
+    assert_eq!(again, 200);
 
     // New work is refused: the listener no longer accepts, or answers 503.
     let fresh = reqwest::Client::new()
@@ -128,7 +118,7 @@ async fn shutdown_finishes_in_flight_work_refuses_new_work_and_ends_cleanly() {
     app.clock.advance(Duration::from_secs(5));
     assert_eq!(
         app.get_hash("2").await.text().await.unwrap(),
-        common::ANGRY_MONKEY
+        helpers::ANGRY_MONKEY
     );
     app.stop().await;
 }
@@ -138,7 +128,7 @@ async fn the_data_directory_is_private_to_warden_s_user() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let app = TestApp::spawn_in(dir, warden::clock::Clock::manual(common::START_MS), &[]).await;
+    let app = TestApp::spawn_in(dir, warden::clock::Clock::manual(helpers::START_MS), &[]).await;
     let mode = std::fs::metadata(app.dir.path())
         .unwrap()
         .permissions()

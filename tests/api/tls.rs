@@ -1,26 +1,21 @@
 //! Mutual TLS on the jobs listener, over real TLS connections: who gets in, who does not,
 //! and what each principal may see.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{START_MS, TestApp, WardenProcess, run_cli};
+use crate::helpers::{self, TestApp, WardenProcess, run_cli};
 use reqwest::StatusCode;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
-use warden::clock::Clock;
 use warden::security::pki::{CertFiles, DevPki};
 use warden::security::tls::client_config;
 use warden::security::tokens::Role;
 
 async fn spawn_tls() -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    TestApp::spawn_in(dir, Clock::manual(START_MS), &["--jobs-tls", "on"]).await
+    TestApp::spawn_with(&["--jobs-tls", "on"]).await
 }
 
 fn pki(app: &TestApp) -> DevPki {
@@ -66,9 +61,7 @@ async fn call(
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    helpers::call(request).await
 }
 
 async fn start(client: &reqwest::Client, app: &TestApp, word: &str) -> String {
@@ -310,15 +303,12 @@ async fn a_restart_reuses_the_pki_and_clients_keep_working() {
     let (dir, clock) = app.stop().await;
 
     let app = TestApp::spawn_in(dir, clock, &["--jobs-tls", "on"]).await;
-    assert_eq!(std::fs::read(pki_of(&app).ca()).unwrap(), ca_before);
-    let carol = client(&pki_of(&app).ca(), &carol);
+    let pki = DevPki::of(app.dir.path());
+    assert_eq!(std::fs::read(pki.ca()).unwrap(), ca_before);
+    let carol = client(&pki.ca(), &carol);
     let (status, _) = call(&carol, &app, reqwest::Method::GET, "/jobs", None).await;
     assert_eq!(status, 200);
     app.stop().await;
-}
-
-fn pki_of(app: &TestApp) -> DevPki {
-    pki(app)
 }
 
 #[tokio::test]

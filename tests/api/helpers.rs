@@ -1,13 +1,13 @@
 //! Test harness: the real supervisor on port 0 with a temp data dir and a manual clock, and a
 //! way to run the real `warden` binary.
-#![allow(dead_code)] // each test crate uses a different part of the harness
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use reqwest::StatusCode;
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -45,7 +45,7 @@ pub fn port_zero_flags(data_dir: &Path) -> Vec<String> {
 }
 
 /// `--jobs-tls off` unless the test chose a TLS mode: most tests drive the jobs API with
-/// tokens over plain HTTP; `tests/tls.rs` asks for mutual TLS.
+/// tokens over plain HTTP; the `tls` tests ask for mutual TLS.
 fn plain_jobs_unless_asked(flags: &[&str]) -> Vec<String> {
     if flags.contains(&"--jobs-tls") {
         Vec::new()
@@ -71,8 +71,13 @@ pub struct TestApp {
 impl TestApp {
     /// A fresh warden on a new temp data dir, with a manual clock at [`START_MS`].
     pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// [`TestApp::spawn`] with extra serve flags.
+    pub async fn spawn_with(extra_flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::spawn_in(dir, Clock::manual(START_MS), &[]).await
+        Self::spawn_in(dir, Clock::manual(START_MS), extra_flags).await
     }
 
     /// A warden on `dir` (e.g. one a stopped app left behind), with extra serve flags.
@@ -195,8 +200,7 @@ impl TestApp {
 
     /// `GET /stats` as (total, average).
     pub async fn stats(&self) -> (i64, i64) {
-        let stats: serde_json::Value =
-            get_json(&self.client, format!("{}/stats", self.hashes)).await;
+        let (_, stats) = call(self.client.get(format!("{}/stats", self.hashes))).await;
         (
             stats["total"].as_i64().unwrap(),
             stats["average"].as_i64().unwrap(),
@@ -204,9 +208,78 @@ impl TestApp {
     }
 }
 
-/// `GET url`, expecting a JSON body.
-pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
-    client.get(url).send().await.unwrap().json().await.unwrap()
+/// Sends `request` and reads the answer: its status and its JSON body. A 204 has no body and
+/// reads as `Null`; any other answer whose body is not JSON fails the test, since every warden
+/// route answers JSON (errors included) except `/hash`'s plain-text ids and hashes and a job's
+/// output, which the tests read as text or bytes.
+pub async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.expect("the request was answered");
+    let status = response.status();
+    let body = response.bytes().await.expect("the body arrived");
+    if status == StatusCode::NO_CONTENT && body.is_empty() {
+        return (status, Value::Null);
+    }
+    let json = serde_json::from_slice(&body).unwrap_or_else(|error| {
+        let body = String::from_utf8_lossy(&body);
+        panic!("{status} with a body that is not JSON ({error}): {body:?}")
+    });
+    (status, json)
+}
+
+/// Reads the streamed body of `response` until `wanted` has arrived (at most 30 s); returns
+/// what was read.
+pub async fn read_until(response: &mut reqwest::Response, wanted: &str) -> String {
+    let mut seen = Vec::new();
+    let read = async {
+        while !String::from_utf8_lossy(&seen).contains(wanted) {
+            let chunk = response.chunk().await.unwrap().expect("stream ended early");
+            seen.extend_from_slice(&chunk);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("output arrived");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Whether process `pid` has ended.
+pub fn process_is_gone(pid: &str) -> bool {
+    // Gone, or a zombie waiting for a parent that is not ours to reap.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z'),
+    }
+}
+
+/// How long [`eventually`] pauses between two looks.
+const POLL_PAUSE: Duration = Duration::from_millis(10);
+
+/// Asks `probe` again and again until it answers `Some`, and returns that answer; fails the
+/// test, naming `what`, if none came within `timeout` (a probe that hangs counts against the
+/// timeout too). For what a test cannot await directly, such as a purge on the scheduler's
+/// real-time tick or the runner's progress on a job. The pause between two looks is the only
+/// sleep the tests have.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let poll = async {
+        loop {
+            if let Some(answer) = probe().await {
+                return answer;
+            }
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+    };
+    tokio::time::timeout(timeout, poll)
+        .await
+        .unwrap_or_else(|_| panic!("not within {timeout:?}: {what}"))
 }
 
 /// Runs `warden ARGS` with `env` added to completion; returns (exit code, stdout, stderr).

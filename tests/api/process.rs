@@ -1,17 +1,16 @@
 //! The real `warden` binary as an operator runs it: settings, signals, kill -9, the lock.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ANGRY_MONKEY, WardenProcess};
+use crate::helpers::{
+    self, ANGRY_MONKEY, WardenProcess, eventually, process_is_gone, read_until, run_cli,
+};
 use tokio::process::Command;
 
 /// Runs `warden ARGS` with `env` to completion; returns (exit code, stderr).
 async fn run_warden(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let (code, _, stderr) = common::run_cli(args, env).await;
+    let (code, _, stderr) = run_cli(args, env).await;
     (code, stderr)
 }
 
@@ -119,9 +118,12 @@ async fn kill_9_loses_no_acknowledged_hash_or_stat() {
             })
         })
         .collect();
-    while acknowledged.lock().unwrap().len() < 200 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        "200 hashes were acknowledged",
+        Duration::from_secs(30),
+        async || (acknowledged.lock().unwrap().len() >= 200).then_some(()),
+    )
+    .await;
     warden.signal("KILL").await;
     for client in clients {
         client.await.unwrap();
@@ -140,8 +142,7 @@ async fn kill_9_loses_no_acknowledged_hash_or_stat() {
         let hash = response.text().await.unwrap();
         assert_eq!(hash == ANGRY_MONKEY, password == "angryMonkey", "id {id}");
     }
-    let stats: serde_json::Value =
-        common::get_json(&client, format!("{}/stats", warden.hashes)).await;
+    let (_, stats) = helpers::call(client.get(format!("{}/stats", warden.hashes))).await;
     let max_id = acknowledged.iter().map(|(id, _)| *id).max().unwrap();
     assert!(stats["total"].as_i64().unwrap() >= max_id);
 }
@@ -177,9 +178,12 @@ async fn kill_9_loses_no_acknowledged_heartbeat() {
             })
         })
         .collect();
-    while acknowledged.lock().unwrap().len() < 300 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        "300 heartbeats were acknowledged",
+        Duration::from_secs(30),
+        async || (acknowledged.lock().unwrap().len() >= 300).then_some(()),
+    )
+    .await;
     warden.signal("KILL").await;
     for client in clients {
         client.await.unwrap();
@@ -195,8 +199,7 @@ async fn kill_9_loses_no_acknowledged_heartbeat() {
     }
     let warden = WardenProcess::start(dir.path(), &["--instance-ttl", "1h"]).await;
     for (path, updated) in latest {
-        let stored: serde_json::Value =
-            common::get_json(&client, format!("{}{path}", warden.registry)).await;
+        let (_, stored) = helpers::call(client.get(format!("{}{path}", warden.registry))).await;
         assert!(
             stored["updatedAt"].as_i64().unwrap() >= updated,
             "{path}: acknowledged {updated}, stored {stored}"
@@ -209,7 +212,7 @@ async fn a_second_serve_on_the_same_data_dir_exits_at_once_with_a_clear_message(
     let dir = tempfile::tempdir().unwrap();
     let mut first = WardenProcess::start(dir.path(), &[]).await;
     let mut args = vec!["serve".to_owned()];
-    args.extend(common::port_zero_flags(dir.path()));
+    args.extend(helpers::port_zero_flags(dir.path()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, stderr) = run_warden(&args, &[]).await;
     assert_eq!(code, Some(1), "{stderr}");
@@ -252,12 +255,10 @@ async fn migrate_creates_the_database_and_exits() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
-use common::run_cli as warden_cli;
-
 /// `warden token issue` for `user` with `role` on `data_dir`.
 async fn issue_token(data_dir: &std::path::Path, user: &str, role: &str) -> String {
     let dir = data_dir.display().to_string();
-    let (code, token, stderr) = warden_cli(
+    let (code, token, stderr) = run_cli(
         &[
             "token",
             "issue",
@@ -286,7 +287,7 @@ async fn the_cli_starts_follows_inspects_and_stops_jobs() {
         ("WARDEN_TOKEN", token.as_str()),
     ];
 
-    let (code, started, stderr) = warden_cli(
+    let (code, started, stderr) = run_cli(
         &[
             "jobs", "start", "--name", "greeting", "--", "echo", "hi", "there",
         ],
@@ -298,23 +299,23 @@ async fn the_cli_starts_follows_inspects_and_stops_jobs() {
     let id = job["id"].as_str().unwrap();
     assert_eq!(job["name"], "greeting");
 
-    let (code, logs, _) = warden_cli(&["jobs", "logs", "-f", id], &env).await;
+    let (code, logs, _) = run_cli(&["jobs", "logs", "-f", id], &env).await;
     assert_eq!(code, Some(0));
     assert_eq!(logs, "hi there\n");
 
-    let (code, status, _) = warden_cli(&["jobs", "status", id], &env).await;
+    let (code, status, _) = run_cli(&["jobs", "status", id], &env).await;
     assert_eq!(code, Some(0));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["status"], "succeeded");
 
-    let (code, list, _) = warden_cli(&["jobs", "list"], &env).await;
+    let (code, list, _) = run_cli(&["jobs", "list"], &env).await;
     assert_eq!(code, Some(0));
     assert!(
         list.starts_with(id) && list.contains("succeeded") && list.contains("echo hi there"),
         "{list}"
     );
 
-    let (code, _, stderr) = warden_cli(&["jobs", "stop", id], &env).await;
+    let (code, _, stderr) = run_cli(&["jobs", "stop", id], &env).await;
     assert_eq!(code, Some(1), "a succeeded job cannot be stopped");
     assert!(
         stderr.contains("409") && stderr.contains("already ended"),
@@ -322,7 +323,7 @@ async fn the_cli_starts_follows_inspects_and_stops_jobs() {
     );
     assert_eq!(stderr.trim_end().lines().count(), 1);
 
-    let (code, _, stderr) = warden_cli(
+    let (code, _, stderr) = run_cli(
         &["jobs", "list"],
         &[("WARDEN_URL", &jobs_url), ("WARDEN_TOKEN", "nope")],
     )
@@ -330,15 +331,15 @@ async fn the_cli_starts_follows_inspects_and_stops_jobs() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("401"), "{stderr}");
 
-    let (code, id, _) = warden_cli(&["hash", "angryMonkey", "--url", &warden.hashes], &[]).await;
+    let (code, id, _) = run_cli(&["hash", "angryMonkey", "--url", &warden.hashes], &[]).await;
     assert_eq!((code, id.trim()), (Some(0), "1"));
-    let (code, stats, _) = warden_cli(&["stats", "--url", &warden.hashes], &[]).await;
+    let (code, stats, _) = run_cli(&["stats", "--url", &warden.hashes], &[]).await;
     assert_eq!(code, Some(0));
     assert!(stats.contains("\"total\":1"), "{stats}");
 
     warden.signal("TERM").await;
     assert_eq!(warden.exit_code().await, Some(0));
-    let (code, _, stderr) = warden_cli(&["jobs", "list"], &env).await;
+    let (code, _, stderr) = run_cli(&["jobs", "list"], &env).await;
     assert_eq!(code, Some(1));
     assert!(stderr.contains("cannot reach"), "{stderr}");
 }
@@ -354,16 +355,13 @@ async fn after_kill_9_queued_jobs_run_and_running_ones_are_interrupted_and_kille
         let url = format!("{}/jobs", warden.jobs);
         let token = token.clone();
         async move {
-            let job: serde_json::Value = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&serde_json::json!({"command": command, "args": args}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let (_, job) = helpers::call(
+                client
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({"command": command, "args": args})),
+            )
+            .await;
             job["id"].as_str().unwrap().to_owned()
         }
     };
@@ -375,11 +373,7 @@ async fn after_kill_9_queued_jobs_run_and_running_ones_are_interrupted_and_kille
         .send()
         .await
         .unwrap();
-    let mut seen = Vec::new();
-    while !seen.contains(&b'\n') {
-        seen.extend_from_slice(&output.chunk().await.unwrap().unwrap());
-    }
-    let pid = String::from_utf8(seen).unwrap().trim().to_owned();
+    let pid = read_until(&mut output, "\n").await.trim().to_owned();
     let marker = dir.path().join("queued-ran");
     let queued = start("touch", vec![marker.display().to_string()]).await;
 
@@ -395,29 +389,12 @@ async fn after_kill_9_queued_jobs_run_and_running_ones_are_interrupted_and_kille
         let client = client.clone();
         let url = format!("{}/jobs/{id}", warden.jobs);
         let token = token.clone();
-        async move {
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        }
+        async move { helpers::call(client.get(url).bearer_auth(token)).await.1 }
     };
     let interrupted = job(running.clone()).await;
     assert_eq!(interrupted["status"], "interrupted");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(
-        stat.is_empty()
-            || stat
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .trim_start()
-                .starts_with('Z'),
+        process_is_gone(&pid),
         "the interrupted job's process {pid} is still running"
     );
     // The queued job runs after the restart.

@@ -4,11 +4,8 @@
 //! and used (with its `token_signing_key` row deleted: no key is committed), kept under
 //! `tests/fixtures/` and never edited, and a test here that loads it, starts today's warden
 //! on it and reads the data back.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 
-mod common;
-
-use common::{ANGRY_MONKEY, START_MS, TestApp};
+use crate::helpers::{ANGRY_MONKEY, START_MS, TestApp, call};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use warden::clock::Clock;
@@ -28,7 +25,7 @@ async fn data_dir_from_dump(dump: &'static str) -> tempfile::TempDir {
 
 #[tokio::test]
 async fn a_v0_1_0_database_upgrades_with_its_hashes_instances_jobs_and_output() {
-    let dir = data_dir_from_dump(include_str!("fixtures/v0.1.0.sql")).await;
+    let dir = data_dir_from_dump(include_str!("../fixtures/v0.1.0.sql")).await;
     let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &[]).await;
     app.clock.set_ms(1_795_489_260_000); // a few seconds after the fixture was made
 
@@ -41,9 +38,9 @@ async fn a_v0_1_0_database_upgrades_with_its_hashes_instances_jobs_and_output() 
         "ids continue after the old ones"
     );
 
-    let instance: serde_json::Value = common::get_json(
-        &app.client,
-        format!("{}/particle-detector/e335", app.registry),
+    let (_, instance) = call(
+        app.client
+            .get(format!("{}/particle-detector/e335", app.registry)),
     )
     .await;
     assert_eq!(instance["meta"], serde_json::json!({"zone": "eu-1"}));
@@ -52,17 +49,17 @@ async fn a_v0_1_0_database_upgrades_with_its_hashes_instances_jobs_and_output() 
     let token = app.token("root", Role::Admin).await;
     let job = "b4ab31d7-e449-4abf-ad16-e65f975d25cb";
     let read = |path: String| {
-        let request = app
-            .client
+        app.client
             .get(format!("{}{path}", app.jobs))
-            .bearer_auth(&token);
-        async move { request.send().await.unwrap() }
+            .bearer_auth(&token)
     };
-    let status: serde_json::Value = read(format!("/jobs/{job}")).await.json().await.unwrap();
+    let (_, status) = call(read(format!("/jobs/{job}"))).await;
     assert_eq!(status["status"], "succeeded");
     assert_eq!(status["owner"], "alice");
     let output = read(format!("/jobs/{job}/output"))
+        .send()
         .await
+        .unwrap()
         .bytes()
         .await
         .unwrap();

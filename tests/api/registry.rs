@@ -1,15 +1,11 @@
 //! The discovery registry's contract over real HTTP, with a manual clock.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{START_MS, TestApp};
+use crate::helpers::{self, START_MS, TestApp, eventually};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use warden::clock::Clock;
 
 impl TestApp {
     /// `POST /{group}/{id}` with `body` (None: no body); returns (status, JSON).
@@ -20,21 +16,16 @@ impl TestApp {
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(body.to_owned());
         }
-        let response = request.send().await.unwrap();
-        (response.status(), response.json().await.unwrap())
+        helpers::call(request).await
     }
 
-    /// `METHOD {registry}{path}`; returns (status, JSON or Null).
+    /// `METHOD {registry}{path}`; returns (status, JSON, or Null for a 204).
     async fn call(&self, method: Method, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .request(method, format!("{}{path}", self.registry))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        helpers::call(
+            self.client
+                .request(method, format!("{}{path}", self.registry)),
+        )
+        .await
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -241,17 +232,12 @@ async fn concurrent_heartbeats_on_twenty_ids_leave_twenty_consistent_instances()
     let beats = (0..200).map(|n| {
         let client = app.client.clone();
         let url = format!("{}/swarm/node-{}", app.registry, n % 20);
-        tokio::spawn(async move {
-            let response = client
+        tokio::spawn(helpers::call(
+            client
                 .post(url)
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(format!(r#"{{"n":{n}}}"#))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            (status, response.json::<Value>().await.unwrap())
-        })
+                .body(format!(r#"{{"n":{n}}}"#)),
+        ))
     });
     let mut by_id: BTreeMap<String, Vec<(StatusCode, Value)>> = BTreeMap::new();
     for beat in beats.collect::<Vec<_>>() {
@@ -343,13 +329,7 @@ async fn after_an_outage_live_instances_get_one_ttl_of_grace_and_expired_ones_st
 
 #[tokio::test]
 async fn the_purge_deletes_expired_rows_from_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(
-        dir,
-        Clock::manual(START_MS),
-        &["--instance-ttl", "1ms", "--purge-every", "100ms"],
-    )
-    .await;
+    let app = TestApp::spawn_with(&["--instance-ttl", "1ms", "--purge-every", "100ms"]).await;
     for id in ["a", "b", "c"] {
         app.beat("g", id, None).await;
     }
@@ -369,14 +349,12 @@ async fn the_purge_deletes_expired_rows_from_the_database() {
         ids
     };
     // The scheduler runs on real time; wait for a purge (it ticks every 500 ms at most).
-    let purged = async {
-        while count().await != ["fresh"] {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), purged)
-        .await
-        .expect("the purge deleted the expired rows and kept the live one");
+    eventually(
+        "the purge deleted the expired rows and kept the live one",
+        Duration::from_secs(10),
+        async || (count().await == ["fresh"]).then_some(()),
+    )
+    .await;
     app.stop().await;
 }
 

@@ -1,12 +1,9 @@
 //! The hash service's contract over real HTTP: ids, the delay, stats, and every bad input.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{ANGRY_MONKEY, TestApp};
+use crate::helpers::{ANGRY_MONKEY, TestApp, call};
 use reqwest::header;
 
 #[tokio::test]
@@ -150,16 +147,14 @@ async fn a_missing_or_empty_password_is_400_and_changes_nothing() {
         ("application/json", "not json"),
     ];
     for (content_type, body) in bodies {
-        let response = app
-            .client
-            .post(&url)
-            .header(header::CONTENT_TYPE, content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 400, "{content_type} {body:?}");
-        let error: serde_json::Value = response.json().await.unwrap();
+        let (status, error) = call(
+            app.client
+                .post(&url)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(body),
+        )
+        .await;
+        assert_eq!(status, 400, "{content_type} {body:?}");
         let message = error["error"].as_str().unwrap();
         assert!(
             !message.contains("12345"),
@@ -175,9 +170,8 @@ async fn a_missing_or_empty_password_is_400_and_changes_nothing() {
 async fn ids_that_are_not_numbers_are_400_and_unknown_ones_404() {
     let app = TestApp::spawn().await;
     for bad in ["abc", "-1", "1.5", "0x1"] {
-        let response = app.get_hash(bad).await;
-        assert_eq!(response.status(), 400, "{bad}");
-        let error: serde_json::Value = response.json().await.unwrap();
+        let (status, error) = call(app.client.get(format!("{}/hash/{bad}", app.hashes))).await;
+        assert_eq!(status, 400, "{bad}");
         assert!(error["error"].is_string());
     }
     for unknown in ["1", "0", "99999999999999999999999"] {
@@ -208,17 +202,9 @@ async fn a_wrong_method_is_405_with_allow_and_a_json_error() {
         let error: serde_json::Value = response.json().await.unwrap();
         assert_eq!(error["error"], "method not allowed");
     }
-    let unknown = app
-        .client
-        .get(format!("{}/nope", app.hashes))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown.status(), 404);
-    assert_eq!(
-        unknown.json::<serde_json::Value>().await.unwrap()["error"],
-        "not found"
-    );
+    let (status, unknown) = call(app.client.get(format!("{}/nope", app.hashes))).await;
+    assert_eq!(status, 404);
+    assert_eq!(unknown["error"], "not found");
     app.stop().await;
 }
 
@@ -276,9 +262,7 @@ async fn hashes_ids_and_stats_survive_a_restart() {
 
 #[tokio::test]
 async fn the_delay_is_a_setting() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = warden::clock::Clock::manual(common::START_MS);
-    let app = TestApp::spawn_in(dir, clock, &["--hash-delay", "250ms"]).await;
+    let app = TestApp::spawn_with(&["--hash-delay", "250ms"]).await;
     let id = app.create_hash("angryMonkey").await;
     app.clock.advance(Duration::from_millis(249));
     let pending = app.get_hash(&id.to_string()).await;

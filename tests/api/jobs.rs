@@ -1,14 +1,10 @@
 //! The job runner over real HTTP: routes, statuses, ownership, tokens, stop, output.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
-
-mod common;
 
 use std::time::Duration;
 
-use common::{START_MS, TestApp};
+use crate::helpers::{self, START_MS, TestApp, eventually, process_is_gone, read_until};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use warden::clock::Clock;
 use warden::security::tokens::Role;
 
 /// A client of one user of the jobs listener.
@@ -36,10 +32,7 @@ impl User {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        helpers::call(request).await
     }
 
     /// Queues `command args…`; returns the job id.
@@ -214,8 +207,7 @@ async fn without_a_valid_token_nothing_works() {
     let expired = app.expired_token("alice", Role::Admin).await;
     let forged = {
         // Right claims, signed with another key.
-        let other = tempfile::tempdir().unwrap();
-        let other = TestApp::spawn_in(other, Clock::manual(START_MS), &[]).await;
+        let other = TestApp::spawn().await;
         let token = other.token("alice", Role::Admin).await;
         other.stop().await;
         token
@@ -323,34 +315,6 @@ async fn bad_requests_are_4xx_and_change_nothing() {
     app.stop().await;
 }
 
-/// Reads `response` until `wanted` has arrived; returns what was read.
-async fn read_until(response: &mut reqwest::Response, wanted: &str) -> String {
-    let mut seen = Vec::new();
-    let read = async {
-        while !String::from_utf8_lossy(&seen).contains(wanted) {
-            let chunk = response.chunk().await.unwrap().expect("stream ended early");
-            seen.extend_from_slice(&chunk);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .expect("output arrived");
-    String::from_utf8_lossy(&seen).into_owned()
-}
-
-fn process_is_gone(pid: &str) -> bool {
-    // Gone, or a zombie waiting for a parent that is not ours to reap.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .trim_start()
-            .starts_with('Z'),
-    }
-}
-
 #[tokio::test]
 async fn stop_ends_a_job_with_its_children_and_is_idempotent() {
     let app = TestApp::spawn().await;
@@ -393,8 +357,7 @@ async fn stop_ends_a_job_with_its_children_and_is_idempotent() {
 
 #[tokio::test]
 async fn a_job_that_ignores_sigterm_is_killed_after_the_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-stop-grace", "300ms"]).await;
+    let app = TestApp::spawn_with(&["--job-stop-grace", "300ms"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let id = alice
         .start(
@@ -418,8 +381,7 @@ async fn a_job_that_ignores_sigterm_is_killed_after_the_grace() {
 
 #[tokio::test]
 async fn a_queued_job_stops_without_ever_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-workers", "1"]).await;
+    let app = TestApp::spawn_with(&["--job-workers", "1"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let busy = alice.start("sh", &["-c", "echo busy; sleep 300"]).await;
     let mut output = alice.output(&busy, "?follow=true").await;
@@ -530,8 +492,7 @@ async fn concurrent_submissions_each_get_back_their_own_job() {
 
 #[tokio::test]
 async fn one_worker_runs_queued_jobs_in_submission_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-workers", "1"]).await;
+    let app = TestApp::spawn_with(&["--job-workers", "1"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let go = app.dir.path().join("go");
     let gate = format!("while [ ! -e '{}' ]; do sleep 0.01; done", go.display());
@@ -570,14 +531,12 @@ async fn late_followers_join_a_running_job_at_any_offset() {
         after.display()
     );
     let id = alice.start("sh", &["-c", &script]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while alice.job(&id).await["outputBytes"] != 3_000_000 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first part was stored"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the first part was stored",
+        Duration::from_secs(30),
+        async || (alice.job(&id).await["outputBytes"] == 3_000_000).then_some(()),
+    )
+    .await;
     let offsets = [0, 1_234_567, 2_999_999, 3_000_000];
     let mut followers = Vec::new();
     for offset in offsets {
@@ -633,13 +592,7 @@ async fn binary_output_round_trips_byte_for_byte() {
 
 #[tokio::test]
 async fn output_past_the_limit_is_dropped_and_the_job_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(
-        dir,
-        Clock::manual(START_MS),
-        &["--job-output-limit", "1000"],
-    )
-    .await;
+    let app = TestApp::spawn_with(&["--job-output-limit", "1000"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let id = alice.start("head", &["-c", "500000", "/dev/zero"]).await;
     let output = alice.wait(&id).await;
@@ -653,25 +606,20 @@ async fn output_past_the_limit_is_dropped_and_the_job_says_so() {
 
 #[tokio::test]
 async fn a_running_job_says_at_once_that_output_was_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(
-        dir,
-        Clock::manual(START_MS),
-        &["--job-output-limit", "1000"],
-    )
-    .await;
+    let app = TestApp::spawn_with(&["--job-output-limit", "1000"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let id = alice
         .start("sh", &["-c", "head -c 5000 /dev/zero; sleep 300"])
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let job = loop {
-        let job = alice.job(&id).await;
-        if job["outputTruncated"] == true || tokio::time::Instant::now() > deadline {
-            break job;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let job = eventually(
+        "the running job said its output was dropped",
+        Duration::from_secs(10),
+        async || {
+            let job = alice.job(&id).await;
+            (job["outputTruncated"] == true).then_some(job)
+        },
+    )
+    .await;
     assert_eq!(job["outputTruncated"], true, "{job}");
     assert_eq!(job["status"], "running", "said before the job ended");
     assert_eq!(job["outputBytes"], 1000);
@@ -698,8 +646,7 @@ async fn jobs_and_their_output_survive_a_restart() {
 
 #[tokio::test]
 async fn shutdown_interrupts_running_jobs_and_leaves_queued_ones_queued() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &["--job-workers", "1"]).await;
+    let app = TestApp::spawn_with(&["--job-workers", "1"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
     let running = alice.start("sh", &["-c", "echo up; exec sleep 300"]).await;
     let mut output = alice.output(&running, "?follow=true").await;

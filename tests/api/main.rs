@@ -1,0 +1,27 @@
+//! warden's integration tests: the real server driven over HTTP, as a client or an operator
+//! would drive it.
+//!
+//! One test binary, one module per topic (zero-to-production's `tests/api/` layout):
+//! - `helpers`: the harness every topic shares: `TestApp` (the real supervisor in-process on
+//!   port 0, with a fresh temp data dir and a manual clock), `WardenProcess` (the real `warden`
+//!   binary as a child process), and the small typed helpers the tests are written in:
+//!   `call` (send, then status and JSON body), `eventually` (poll a probe; the only sleep)
+//!   and `read_until` (a streamed body up to some text);
+//! - `hashes`, `registry`, `jobs`: each service's HTTP contract;
+//! - `tls`: mutual TLS on the jobs listener;
+//! - `lifecycle`: health, the data-dir lock and the graceful drain, in-process;
+//! - `process`: the binary as an operator runs it: settings, signals, kill -9, the CLI;
+//! - `migrations`: databases from earlier releases (dumps in `tests/fixtures/`) upgrade
+//!   with their data intact.
+//!
+//! No test changes process-global state, so they all share this one binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
+
+mod hashes;
+mod helpers;
+mod jobs;
+mod lifecycle;
+mod migrations;
+mod process;
+mod registry;
+mod tls;
