@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use warden::clock::Clock;
 use warden::config::{Config, SyncMode};
 use warden::db::Database;
-use warden::security::tokens::{Role, TokenKeys};
+use warden::security::{principal::Role, tokens::TokenKeys};
 use warden::supervisor::{App, RunError};
 
 /// Where the manual clock starts: an arbitrary fixed instant (2026-01-01T00:00:00Z).

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::helpers::{self, START_MS, TestApp, eventually, process_is_gone, read_until};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use warden::security::tokens::Role;
+use warden::security::principal::Role;
 
 /// A client of one user of the jobs listener.
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use crate::helpers::{ANGRY_MONKEY, START_MS, TestApp, call};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use warden::clock::Clock;
-use warden::security::tokens::Role;
+use warden::security::principal::Role;
 
 /// Writes a fixture dump into `warden.db` of a new data dir, as that release left it.
 async fn data_dir_from_dump(dump: &'static str) -> tempfile::TempDir {

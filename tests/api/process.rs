@@ -69,7 +69,10 @@ async fn sigterm_drains_and_exits_0_and_a_repeat_is_harmless() {
     warden.signal("TERM").await;
     // A second signal during the drain changes nothing; the process may already be gone.
     let _ = Command::new("kill")
-        .args(["-TERM", &warden.child.id().unwrap_or(0).to_string()])
+        .args([
+            "-TERM",
+            &warden.child.id().expect("warden is running").to_string(),
+        ])
         .status()
         .await;
     assert_eq!(warden.exit_code().await, Some(0));

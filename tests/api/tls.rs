@@ -11,8 +11,8 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use warden::security::pki::{CertFiles, DevPki};
+use warden::security::principal::Role;
 use warden::security::tls::client_config;
-use warden::security::tokens::Role;
 
 async fn spawn_tls() -> TestApp {
     TestApp::spawn_with(&["--jobs-tls", "on"]).await
