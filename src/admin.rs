@@ -1,4 +1,4 @@
-//! The admin listener: `GET /healthz` and `/shutdown`.
+//! The admin listener: `GET /healthz` (services and storage) and `/shutdown`.
 //!
 //! `/shutdown` is also mounted on the hashes listener (its contract has it). It only starts
 //! the same drain a SIGTERM starts, and only for loopback peers: anyone who can reach the port
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::millis;
+use crate::db::StorageHealth;
 use crate::error::{Error, Result};
 
 /// Whether a service is serving.
@@ -53,6 +54,7 @@ impl ServiceBoard {
 pub struct Admin {
     pub started: Instant,
     pub services: ServiceBoard,
+    pub storage: StorageHealth,
     pub shutdown: CancellationToken,
 }
 
@@ -72,15 +74,23 @@ pub fn shutdown_router(shutdown: CancellationToken) -> Router {
         .with_state(shutdown)
 }
 
-/// `GET /healthz`: 200 while every enabled service is up; 503 while draining or degraded.
+/// `GET /healthz`: 200 while every enabled service is up and every write path commits; 503
+/// while draining or degraded (a service down, or writes failing: `storage` says which and
+/// why).
 async fn healthz(State(admin): State<Admin>) -> (StatusCode, Json<Value>) {
     let services = admin.services.snapshot();
+    let ailments = admin.storage.ailments();
     let status = if admin.shutdown.is_cancelled() {
         "draining"
-    } else if services.values().all(|state| *state == ServiceState::Up) {
+    } else if services.values().all(|state| *state == ServiceState::Up) && ailments.is_empty() {
         "ok"
     } else {
         "degraded"
+    };
+    let storage = if ailments.is_empty() {
+        json!({ "status": "ok" })
+    } else {
+        json!({ "status": "failing", "failing": ailments })
     };
     let code = if status == "ok" {
         StatusCode::OK
@@ -92,6 +102,7 @@ async fn healthz(State(admin): State<Admin>) -> (StatusCode, Json<Value>) {
         "version": env!("CARGO_PKG_VERSION"),
         "uptimeMs": millis(admin.started.elapsed()),
         "services": services,
+        "storage": storage,
     });
     (code, Json(body))
 }

@@ -13,8 +13,10 @@
 //!   plain and mutual-TLS serving, and the layers every listener shares.
 //! - [`service`]: the one shape of a service (started from a context and its settings, then
 //!   a router).
-//! - [`db`]: the SQLite file (WAL, `synchronous`, foreign keys, busy timeout), migrations,
-//!   the data-directory lock, and the group-commit [`db::Writer`] every hot write goes through.
+//! - [`db`]: the SQLite file (WAL, `synchronous`, foreign keys, busy timeout), migrations
+//!   and the one write connection, kept clean after any failure (`db/mod.rs`); the
+//!   group-commit [`db::Writer`] every hot write goes through (`db/writer.rs`); which write
+//!   paths fail, for `/healthz` (`db/health.rs`); the data-directory lock (`db/lock.rs`).
 //! - [`error`]: the error type handlers return and its JSON shape.
 //! - [`http`]: the HTTP edge every service shares: path, query and body extractors that
 //!   answer with our error shape, and the middleware for axum's own error responses.

@@ -25,6 +25,7 @@ pub struct NewHash {
 pub struct RecordHashes;
 
 impl Batch for RecordHashes {
+    const PATH: &'static str = "hashes";
     type Request = NewHash;
     /// The id given to the hash.
     type Reply = i64;

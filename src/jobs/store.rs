@@ -62,6 +62,7 @@ pub struct NewJobRow {
 pub struct QueueJobs;
 
 impl Batch for QueueJobs {
+    const PATH: &'static str = "job queue";
     type Request = NewJobRow;
     type Reply = JobRow;
 
@@ -310,6 +311,7 @@ pub struct OutputChunk {
 pub struct AppendOutput;
 
 impl Batch for AppendOutput {
+    const PATH: &'static str = "job output";
     type Request = OutputChunk;
     type Reply = ();
 

@@ -69,6 +69,7 @@ pub struct RecordHeartbeats {
 }
 
 impl Batch for RecordHeartbeats {
+    const PATH: &'static str = "heartbeats";
     type Request = Heartbeat;
     type Reply = Registered;
 

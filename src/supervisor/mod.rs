@@ -165,6 +165,7 @@ impl App {
         let admin = Admin {
             started: Instant::now(),
             services: ServiceBoard::default(),
+            storage: db.health().clone(),
             shutdown: shutdown.clone(),
         };
         let admin_listener = bind("admin", config.admin_addr).await?;
@@ -201,6 +202,12 @@ impl App {
         self.admin_listener
             .local_addr()
             .unwrap_or(self.config.admin_addr)
+    }
+
+    /// The open database, for tests and drills that need to reach under the API (e.g. to cap
+    /// its size with [`Database::limit_pages`]).
+    pub fn database(&self) -> Database {
+        self.db.clone()
     }
 
     /// The token whose cancellation starts the drain; SIGTERM and `/shutdown` cancel it.
