@@ -63,6 +63,17 @@ pub struct Config {
     #[arg(long, env = "WARDEN_JOB_OUTPUT_LIMIT", default_value = "2GiB", value_parser = parse_size)]
     pub job_output_limit: u64,
 
+    /// Finished jobs and their output are deleted this long after they end (`off` keeps
+    /// them).
+    #[arg(long, env = "WARDEN_JOB_RETENTION", default_value = "7d", value_parser = parse_keep)]
+    pub job_retention: Keep,
+
+    /// Past this much of the database in use, job output is refused (the rest is kept for
+    /// status changes, heartbeats and hashes) [default: the database's size at start plus
+    /// 80% of the free space on its volume].
+    #[arg(long, env = "WARDEN_MAX_DB_SIZE", value_parser = parse_size)]
+    pub max_db_size: Option<u64>,
+
     /// Mutual TLS on the jobs listener; `off` serves plain HTTP and needs a loopback address.
     #[arg(long, env = "WARDEN_JOBS_TLS", default_value = "on")]
     pub jobs_tls: JobsTls,
@@ -82,6 +93,11 @@ pub struct Config {
     /// SQLite durability: `full` survives power loss, `normal` only a crash of warden.
     #[arg(long, env = "WARDEN_SYNC", default_value = "full", value_parser = parse_sync)]
     pub sync: SyncMode,
+
+    /// How long a write waits for another process holding the database's lock (e.g. a
+    /// `sqlite3` shell) before it answers 503.
+    #[arg(long, env = "WARDEN_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub busy_timeout: Duration,
 
     /// How long shutdown waits for in-flight work before giving up on it.
     #[arg(long, env = "WARDEN_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -113,6 +129,36 @@ pub struct Config {
 pub enum JobsTls {
     On,
     Off,
+}
+
+/// How long something is kept: for a while, or until deleted by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Kept until deleted by hand (`off`).
+    Forever,
+    /// Deleted this long after it ended.
+    For(Duration),
+}
+
+impl Keep {
+    /// The window, if there is one.
+    pub fn window(self) -> Option<Duration> {
+        match self {
+            Self::Forever => None,
+            Self::For(window) => Some(window),
+        }
+    }
+}
+
+/// `off`, or a duration of more than zero.
+fn parse_keep(value: &str) -> Result<Keep, String> {
+    if value == "off" {
+        return Ok(Keep::Forever);
+    }
+    match parse_duration(value)? {
+        window if window.is_zero() => Err("must be more than 0, or off".to_owned()),
+        window => Ok(Keep::For(window)),
+    }
 }
 
 /// How log lines are written.
@@ -147,6 +193,9 @@ impl Config {
         }
         if self.purge_every.is_zero() {
             return Err("invalid --purge-every (WARDEN_PURGE_EVERY): must be more than 0".into());
+        }
+        if self.max_db_size == Some(0) {
+            return Err("invalid --max-db-size (WARDEN_MAX_DB_SIZE): must be more than 0".into());
         }
         if self.job_output_limit == 0 {
             return Err(
@@ -218,6 +267,11 @@ mod tests {
         assert_eq!(config.instance_ttl, Duration::from_secs(30));
         assert_eq!(config.job_output_limit, 2 << 30);
         assert_eq!(config.sync, SyncMode::Full);
+        assert_eq!(
+            config.job_retention,
+            Keep::For(Duration::from_secs(7 * 24 * 3600))
+        );
+        assert_eq!(config.max_db_size, None);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         config.validate().unwrap();
     }
@@ -230,6 +284,9 @@ mod tests {
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("1024"), Ok(1024));
         assert!(parse_size("lots").is_err());
+        assert_eq!(parse_keep("off"), Ok(Keep::Forever));
+        assert_eq!(parse_keep("1h"), Ok(Keep::For(Duration::from_secs(3600))));
+        assert!(parse_keep("0s").is_err());
     }
 
     #[test]

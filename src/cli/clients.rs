@@ -103,25 +103,17 @@ pub async fn jobs(args: JobsArgs) -> Result<(), ClientError> {
             print_json(&mut stdout, &job)
         }
         JobsAction::List { status } => {
-            let jobs = client.list(status.as_deref()).await?;
-            for job in jobs.as_array().into_iter().flatten() {
-                let args: Vec<&str> = job["args"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                writeln!(
-                    stdout,
-                    "{}  {:<11}  {:<12}  {} {}",
-                    job["id"].as_str().unwrap_or("?"),
-                    job["status"].as_str().unwrap_or("?"),
-                    job["owner"].as_str().unwrap_or("?"),
-                    job["command"].as_str().unwrap_or("?"),
-                    args.join(" ")
-                )?;
+            // A page at a time, so a long list never sits in memory whole.
+            let mut next = None;
+            loop {
+                let (jobs, following) =
+                    client.list_page(status.as_deref(), next.as_deref()).await?;
+                print_jobs(&mut stdout, &jobs)?;
+                match following {
+                    Some(page) => next = Some(page),
+                    None => return Ok(()),
+                }
             }
-            Ok(())
         }
         JobsAction::Status { id } => print_json(&mut stdout, &client.status(&id).await?),
         JobsAction::Stop { id } => print_json(&mut stdout, &client.stop(&id).await?),
@@ -146,6 +138,28 @@ pub async fn hash(password: Option<String>, url: &str) -> Result<(), ClientError
 pub async fn stats(url: &str) -> Result<(), ClientError> {
     let stats = HashesClient::new(url).stats().await?;
     writeln!(std::io::stdout().lock(), "{stats}")?;
+    Ok(())
+}
+
+/// One line per job: id, status, owner, command and arguments.
+fn print_jobs(out: &mut impl Write, jobs: &[Value]) -> Result<(), ClientError> {
+    for job in jobs {
+        let args: Vec<&str> = job["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        writeln!(
+            out,
+            "{}  {:<11}  {:<12}  {} {}",
+            job["id"].as_str().unwrap_or("?"),
+            job["status"].as_str().unwrap_or("?"),
+            job["owner"].as_str().unwrap_or("?"),
+            job["command"].as_str().unwrap_or("?"),
+            args.join(" ")
+        )?;
+    }
     Ok(())
 }
 

@@ -2,16 +2,20 @@
 //! whether a writer has died.
 //!
 //! Every write path reports each outcome; a failure stays reported until the same path
-//! commits again, so the report says "failing" exactly while writes on that path fail.
+//! commits again, or until [`FADE`] has passed with no new failure (a path that has gone
+//! idle, such as the output of a job that has ended, is not failing now).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::clock::millis;
 use crate::error::StorageFault;
+
+/// How long a failure stays reported when its path has no new outcome.
+pub const FADE: Duration = Duration::from_secs(60);
 
 /// The storage health every write path reports to; clone freely.
 #[derive(Debug, Clone, Default)]
@@ -19,7 +23,12 @@ pub struct StorageHealth(Arc<Mutex<BTreeMap<&'static str, PathState>>>);
 
 #[derive(Debug, Clone, Copy)]
 enum PathState {
-    Failing { fault: StorageFault, since: Instant },
+    /// Failing since `since` (its first failure in a row), last at `last`.
+    Failing {
+        fault: StorageFault,
+        since: Instant,
+        last: Instant,
+    },
     Dead,
 }
 
@@ -50,17 +59,20 @@ impl StorageHealth {
             // Shutting down is not a fault of storage.
             Err(StorageFault::Stopped) => {}
             Err(fault) => {
-                if !matches!(
-                    paths.get(path),
-                    Some(PathState::Failing { .. } | PathState::Dead)
-                ) {
-                    paths.insert(
-                        path,
-                        PathState::Failing {
-                            fault: *fault,
-                            since: Instant::now(),
-                        },
-                    );
+                let now = Instant::now();
+                match paths.get_mut(path) {
+                    Some(PathState::Dead) => {}
+                    Some(PathState::Failing { last, .. }) => *last = now,
+                    None => {
+                        paths.insert(
+                            path,
+                            PathState::Failing {
+                                fault: *fault,
+                                since: now,
+                                last: now,
+                            },
+                        );
+                    }
                 }
             }
         }
@@ -74,11 +86,15 @@ impl StorageHealth {
 
     /// Every write path that is failing or dead, by name; empty when storage is well.
     pub fn ailments(&self) -> Vec<Ailment> {
-        let paths = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut paths = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        paths.retain(|_, state| match state {
+            PathState::Failing { last, .. } => last.elapsed() < FADE,
+            PathState::Dead => true,
+        });
         paths
             .iter()
             .map(|(&path, state)| match *state {
-                PathState::Failing { fault, since } => Ailment {
+                PathState::Failing { fault, since, .. } => Ailment {
                     path,
                     reason: fault.to_string(),
                     failing_for_ms: Some(millis(since.elapsed())),

@@ -34,8 +34,9 @@ pub use health::{Ailment, StorageHealth};
 pub use lock::{DataDirLock, LockError, lock_data_dir};
 pub use writer::{Batch, Writer};
 
-/// How long a connection waits for another process's lock before answering "busy".
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection waits for another process's lock before answering "busy", unless
+/// `--busy-timeout` says otherwise.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite's `synchronous` setting (`--sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,14 @@ pub enum SyncMode {
     Full,
     /// fsync at checkpoints: a crash of warden loses nothing, a power loss may.
     Normal,
+}
+
+/// Bytes an unprivileged process may still write on the volume holding `dir`.
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    let stats = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(stats
+        .blocks_available()
+        .saturating_mul(stats.fragment_size()))
 }
 
 /// `warden.db` inside `data_dir`.
@@ -125,6 +134,15 @@ async fn apply_page_limit(conn: &mut SqliteConnection, pages: u64) -> Result<(),
 impl Database {
     /// Opens (creating if missing) `warden.db` in `data_dir` and brings its schema up to date.
     pub async fn open(data_dir: &Path, sync: SyncMode) -> Result<Self, sqlx::Error> {
+        Self::open_with(data_dir, sync, BUSY_TIMEOUT).await
+    }
+
+    /// [`Database::open`], waiting at most `busy_timeout` for another process's lock.
+    pub async fn open_with(
+        data_dir: &Path,
+        sync: SyncMode,
+        busy_timeout: Duration,
+    ) -> Result<Self, sqlx::Error> {
         let options = SqliteConnectOptions::new()
             .filename(database_path(data_dir))
             .create_if_missing(true)
@@ -134,7 +152,7 @@ impl Database {
                 SyncMode::Normal => SqliteSynchronous::Normal,
             })
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(busy_timeout);
         let mut writes = SqliteConnection::connect_with(&options).await?;
         sqlx::migrate!().run(&mut writes).await?;
         let read_connections = std::thread::available_parallelism()
@@ -144,7 +162,7 @@ impl Database {
             // Clamped to 4..=16 above, so the conversion cannot fail.
             .max_connections(u32::try_from(read_connections).unwrap_or(4))
             .test_before_acquire(false)
-            .acquire_timeout(BUSY_TIMEOUT)
+            .acquire_timeout(busy_timeout.max(BUSY_TIMEOUT))
             .connect_with(options.clone().pragma("query_only", "ON"))
             .await?;
         Ok(Self {
@@ -174,6 +192,19 @@ impl Database {
             .map_err(|_| StorageFault::Stopped)
     }
 
+    /// Bytes of the database's pages in use now (free pages, which SQLite reuses, do not
+    /// count).
+    pub async fn used_bytes(&self) -> Result<u64, StorageFault> {
+        let used: i64 = sqlx::query_scalar!(
+            r#"SELECT (page_count - freelist_count) * page_size AS "used!: i64"
+               FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"#
+        )
+        .fetch_one(&self.reads)
+        .await
+        .map_err(|error| StorageFault::of(&error))?;
+        Ok(used.max(0).cast_unsigned())
+    }
+
     /// Which write paths fail now, for `/healthz`; every write path reports here.
     pub fn health(&self) -> &StorageHealth {
         &self.health
@@ -186,6 +217,8 @@ impl Database {
     pub async fn limit_pages(&self, pages: Option<u64>) -> Result<u64, StorageFault> {
         /// SQLite's own default and maximum.
         const NO_LIMIT: u64 = 0xFFFF_FFFE;
+        // SQLite reads 0 as "tell me the cap" rather than "the pages in use".
+        let pages = pages.map(|pages| pages.max(1));
         let mut writes = self.writes.lock().await;
         writes.page_limit = pages;
         let conn = writes.clean().await?;

@@ -40,6 +40,12 @@ pub trait Batch: Send + Sync + 'static {
         conn: &mut SqliteConnection,
         requests: &[Self::Request],
     ) -> impl Future<Output = Result<Vec<Self::Reply>, sqlx::Error>> + Send;
+
+    /// Whether a batch that answered `replies` wrote anything: one that only refused its
+    /// requests tells nothing of whether writes succeed again.
+    fn wrote(_replies: &[Self::Reply]) -> bool {
+        true
+    }
 }
 
 /// A handle to a writer task; clone it freely.
@@ -143,7 +149,9 @@ async fn run<B: Batch>(
             })
             .collect();
         let committed = commit(writes, batch, &requests).await;
-        health.record(B::PATH, &committed);
+        if committed.as_ref().map_or(true, |replies| B::wrote(replies)) {
+            health.record(B::PATH, &committed);
+        }
         match committed {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {

@@ -53,13 +53,36 @@ impl JobsClient {
         json_of(self.send(request).await?).await
     }
 
-    /// `GET /jobs[?status=S]`.
-    pub async fn list(&self, status: Option<&str>) -> Result<Value, ClientError> {
-        let mut request = self.http.get(self.url("/jobs"));
-        if let Some(status) = status {
-            request = request.query(&[("status", status)]);
+    /// One page of `GET /jobs[?status=S]`: the first when `next` is `None`, else the page
+    /// that `next` (from the previous page) names. Returns the page's jobs and the next
+    /// page's path, if more follow.
+    pub async fn list_page(
+        &self,
+        status: Option<&str>,
+        next: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), ClientError> {
+        let request = match next {
+            Some(path) => self.http.get(self.url(path)),
+            None => {
+                let request = self.http.get(self.url("/jobs"));
+                match status {
+                    Some(status) => request.query(&[("status", status)]),
+                    None => request,
+                }
+            }
+        };
+        let response = self.send(request).await?;
+        let next = response
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|link| link.to_str().ok())
+            .and_then(next_page);
+        match json_of(response).await? {
+            Value::Array(jobs) => Ok((jobs, next)),
+            _ => Err(ClientError::BadAnswer(
+                "the job list is not an array".into(),
+            )),
         }
-        json_of(self.send(request).await?).await
     }
 
     /// `GET /jobs/{id}`.
@@ -121,4 +144,32 @@ async fn json_of(response: reqwest::Response) -> Result<Value, ClientError> {
         .json()
         .await
         .map_err(|error| ClientError::BadAnswer(error.to_string()))
+}
+
+/// The path of `rel="next"` in a `Link` header, if it names one on this server.
+fn next_page(link: &str) -> Option<String> {
+    link.split(',').find_map(|entry| {
+        let (target, params) = entry.trim().split_once(';')?;
+        let path = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let is_next = params
+            .split(';')
+            .any(|param| param.trim() == "rel=\"next\"");
+        (is_next && path.starts_with('/')).then(|| path.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_page_is_read_from_the_link_header() {
+        assert_eq!(
+            next_page(r#"</jobs?limit=2&after=x>; rel="next""#).as_deref(),
+            Some("/jobs?limit=2&after=x")
+        );
+        assert_eq!(next_page(r#"</jobs?a=1>; rel="prev""#), None);
+        assert_eq!(next_page(r#"<https://elsewhere/jobs>; rel="next""#), None);
+        assert_eq!(next_page("garbage"), None);
+    }
 }

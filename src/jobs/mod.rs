@@ -11,6 +11,7 @@ pub mod client;
 mod job;
 mod output;
 mod process;
+mod retention;
 mod runner;
 mod store;
 
@@ -35,12 +36,20 @@ use crate::security::tokens::TokenKeys;
 use crate::service::{Context, Service};
 use job::{Job, JobStatus};
 use output::OutputReader;
+use retention::Retention;
 use runner::Runner;
 pub use runner::RunnerSettings as JobSettings;
 use store::{JobRow, NewJobRow, QueueJobs};
 
 /// The most a `POST /jobs` body may weigh.
 const BODY_LIMIT: usize = 64 * 1024;
+/// How many jobs a page of `GET /jobs` holds unless `limit` says otherwise.
+const PAGE_SIZE: usize = 100;
+/// The most jobs a page may hold.
+const MAX_PAGE_SIZE: usize = 1000;
+/// A page ends early once its jobs' commands and arguments pass this many bytes, so that a
+/// page's memory is bounded whatever the jobs hold (a job's request is up to 64 KiB).
+const PAGE_BUDGET: usize = 1024 * 1024;
 /// How long `POST /jobs/{id}/stop` waits past the grace for the process to be gone.
 const STOP_SLACK: Duration = Duration::from_secs(10);
 
@@ -55,6 +64,7 @@ pub struct Jobs {
     clock: Clock,
     /// Cancelled when warden shuts down: followers end then, whatever their job does.
     shutdown: CancellationToken,
+    retention: Retention,
 }
 
 impl FromRef<Jobs> for TokenKeys {
@@ -78,7 +88,16 @@ impl Service for Jobs {
         } = context;
         let keys = TokenKeys::load_or_create(db, clock.now_ms()).await?;
         let runner = Runner::start(db, tasks, shutdown, clock.clone(), settings).await?;
+        let retention = Retention::start(
+            db.clone(),
+            clock.clone(),
+            settings.retention,
+            settings.purge_every,
+            tasks,
+            shutdown.clone(),
+        );
         Ok(Self {
+            retention,
             runner,
             queue: db.writer(QueueJobs, tasks),
             db: db.clone(),
@@ -91,7 +110,7 @@ impl Service for Jobs {
     fn router(self) -> Router {
         Router::new()
             .route("/jobs", post(create_job).get(list_jobs))
-            .route("/jobs/{id}", get(read_job))
+            .route("/jobs/{id}", get(read_job).delete(delete_job))
             .route("/jobs/{id}/stop", post(stop_job))
             .route("/jobs/{id}/output", get(read_output))
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -167,25 +186,107 @@ async fn create_job(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<usize>,
+    /// The id of the last job of the previous page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after: Option<String>,
 }
 
-/// `GET /jobs[?status=S]`: the jobs the caller may see, newest first.
+/// `GET /jobs[?status=S][&limit=N][&after=ID]`: a page of the jobs the caller may see,
+/// newest first, and `Link: <…>; rel="next"` while more follow.
 async fn list_jobs(
     State(jobs): State<Jobs>,
     principal: Principal,
-    QueryParams(query): QueryParams<ListQuery>,
-) -> Result<Json<Vec<Job>>> {
+    QueryParams(mut query): QueryParams<ListQuery>,
+) -> Result<Response> {
     let status = query
         .status
-        .map(|status| status.parse::<JobStatus>())
+        .as_deref()
+        .map(str::parse::<JobStatus>)
         .transpose()
         .map_err(|unknown| Error::BadRequest(unknown.to_string()))?;
-    let rows = store::list(&jobs.db.reads, principal.only_owner(), status).await?;
-    Ok(Json(rows.into_iter().map(Job::from).collect()))
+    let limit = query.limit.unwrap_or(PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(Error::BadRequest(format!(
+            "limit must be 1 to {MAX_PAGE_SIZE}"
+        )));
+    }
+    let before_seq = match &query.after {
+        None => None,
+        Some(after) => {
+            // A cursor the caller could not see reads as unknown: no job's existence leaks.
+            let cursor = store::cursor_of(&jobs.db.reads, after).await?;
+            match cursor {
+                Some((seq, owner)) if principal.may_access(&owner) => Some(seq),
+                _ => {
+                    return Err(Error::BadRequest(
+                        "after must be the id of a job on the previous page".into(),
+                    ));
+                }
+            }
+        }
+    };
+    let page = store::list(
+        &jobs.db.reads,
+        principal.only_owner(),
+        status,
+        before_seq,
+        limit,
+        PAGE_BUDGET,
+    )
+    .await?;
+    let next = match page.jobs.last() {
+        Some(last) if page.more => {
+            query.after = Some(last.id.clone());
+            query.limit = Some(limit);
+            let query = serde_urlencoded::to_string(&query)
+                .map_err(|error| Error::Internal(error.to_string()))?;
+            Some(
+                HeaderValue::from_str(&format!("</jobs?{query}>; rel=\"next\""))
+                    .map_err(|error| Error::Internal(error.to_string()))?,
+            )
+        }
+        _ => None,
+    };
+    let body = Json(page.jobs.into_iter().map(Job::from).collect::<Vec<_>>());
+    let mut response = body.into_response();
+    if let Some(next) = next {
+        response.headers_mut().insert(header::LINK, next);
+    }
+    Ok(response)
+}
+
+/// `DELETE /jobs/{id}`: 204 for a finished job, whose output and record are then deleted;
+/// 409 while it is queued or running.
+async fn delete_job(
+    State(jobs): State<Jobs>,
+    principal: Principal,
+    PathParams(id): PathParams<String>,
+) -> Result<StatusCode> {
+    let job = visible_job(&jobs.db.reads, &principal, &id).await?;
+    if !job.is_finished() {
+        return Err(Error::Conflict(format!(
+            "the job is {}; stop it before deleting it",
+            job.status
+        )));
+    }
+    let deleted = {
+        let mut conn = jobs.db.write_connection().await?;
+        store::delete_finished(&mut conn, job.seq, jobs.clock.now_ms()).await?
+    };
+    if !deleted {
+        // Deleted by someone else in the meantime.
+        return Err(Error::not_found("no job with that id"));
+    }
+    jobs.retention.wake();
+    tracing::info!(job = %id, by = %principal.user, "job deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /jobs/{id}`.

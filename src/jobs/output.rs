@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::runner::Following;
-use super::store::{self, AppendOutput, OutputChunk};
+use super::store::{self, AppendOutput, OutputChunk, Stored};
 use crate::db::Writer;
 
 /// How much output one chunk holds at most.
@@ -78,7 +78,8 @@ pub struct PumpSummary {
 
 /// Reads stdout and stderr as they come, in arrival order, coalesces them into chunks and
 /// sends them through the writer, several in flight; each commit moves `progress` on. Bytes
-/// past `limit` are read (so the job never blocks on a full pipe) and dropped.
+/// past `limit` are read (so the job never blocks on a full pipe) and dropped, and so is
+/// everything after a chunk that could not be stored: what is stored stays a prefix.
 pub async fn pump(
     stdout: Option<impl AsyncRead + Unpin + Send + 'static>,
     stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
@@ -101,17 +102,24 @@ pub async fn pump(
     let mut truncated = false;
     let mut in_flight = FuturesOrdered::new();
     let mut open = true;
+    // A chunk was lost or refused: the rest is read and dropped.
+    let mut storing = true;
     while open || !in_flight.is_empty() {
         tokio::select! {
             biased;
             Some(committed) = in_flight.next(), if !in_flight.is_empty() => {
                 match committed {
-                    Ok((start_offset, bytes)) => progress
+                    Ok((Stored::Kept, start_offset, bytes)) => progress
                         .send_modify(|progress| progress.committed(start_offset, bytes)),
+                    Ok((Stored::Dropped, ..)) => {
+                        truncated = true;
+                        storing = false;
+                    }
                     Err(fault) => {
                         // The bytes are gone; say so on the job rather than pretend.
                         truncated = true;
-                        tracing::error!(%fault, "a chunk of job output could not be stored");
+                        storing = false;
+                        tracing::error!(%fault, job_seq, "job output could not be stored; the rest is dropped");
                     }
                 }
             }
@@ -121,6 +129,9 @@ pub async fn pump(
                     continue;
                 };
                 let mut accept = |piece: &Bytes, pending: &mut Vec<u8>| {
+                    if !storing {
+                        return;
+                    }
                     // Room past u64::MAX or usize::MAX is room for the whole piece.
                     let room = usize::try_from(limit.saturating_sub(accepted)).unwrap_or(usize::MAX);
                     let kept = piece.len().min(room);
@@ -153,7 +164,7 @@ pub async fn pump(
                 let writer = writer.clone();
                 let chunk = OutputChunk { job_seq, start_offset, bytes: bytes.clone(), truncated };
                 in_flight.push_back(async move {
-                    writer.submit(chunk).await.map(|()| (start_offset, bytes))
+                    writer.submit(chunk).await.map(|stored| (stored, start_offset, bytes))
                 });
             }
         }

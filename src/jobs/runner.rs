@@ -24,8 +24,13 @@ use crate::error::StorageFault;
 /// How long output may keep coming after the job's process has ended (a process that left
 /// the group can hold a pipe open forever).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
-/// How long a worker waits before it tries the database again after a failure.
-const RETRY_AFTER_FAULT: Duration = Duration::from_secs(1);
+/// How long a worker first waits before it tries the database again after a failure; each
+/// failure in a row doubles it, up to [`MAX_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(100);
+/// The longest a worker waits between tries while the database fails.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+/// The worker's write path, as `/healthz` names it.
+const WORKER_PATH: &str = "job status";
 
 /// A job that is running, or that someone follows.
 struct LiveJob {
@@ -114,6 +119,8 @@ enum Cut {
 pub struct Runner {
     db: Database,
     writer: Writer<AppendOutput>,
+    /// The writer's batch, to forget an ended job's lost output.
+    output: AppendOutput,
     clock: Clock,
     queue: Arc<Notify>,
     live: LiveJobs,
@@ -135,6 +142,12 @@ pub struct RunnerSettings {
     pub stop_grace: Duration,
     /// How much output is kept per job.
     pub output_limit: u64,
+    /// Past this many bytes in use by the database, job output is refused.
+    pub max_db_bytes: u64,
+    /// Finished jobs older than this are deleted; `None` keeps them.
+    pub retention: Option<Duration>,
+    /// How often deleted and expired jobs are removed.
+    pub purge_every: Duration,
 }
 
 impl Runner {
@@ -148,9 +161,11 @@ impl Runner {
         clock: Clock,
         settings: RunnerSettings,
     ) -> Result<Self, StorageFault> {
+        let output = AppendOutput::new(settings.max_db_bytes);
         let runner = Self {
             db: db.clone(),
-            writer: db.writer(AppendOutput, tasks),
+            writer: db.writer(output.clone(), tasks),
+            output,
             clock,
             queue: Arc::new(Notify::new()),
             live: LiveJobs::default(),
@@ -223,6 +238,7 @@ impl Runner {
     async fn work(self, shutdown: CancellationToken) {
         // The job this worker last ran, until its ending is recorded with the next claim.
         let mut ended: Option<(JobRow, Ending)> = None;
+        let mut retry_wait = FIRST_RETRY_WAIT;
         loop {
             let woken = self.queue.notified();
             tokio::pin!(woken);
@@ -239,15 +255,17 @@ impl Runner {
                 .map_err(|error| StorageFault::of(&error)),
                 Err(fault) => Err(fault),
             };
+            self.db.health().record(WORKER_PATH, &settled);
             let next = match settled {
                 Ok(next) => {
+                    retry_wait = FIRST_RETRY_WAIT;
                     if let Some((job, ending)) = ended.take() {
                         self.announce_end(&job, &ending);
                     }
                     next
                 }
                 Err(fault) => {
-                    tracing::error!(%fault, "a job worker could not record or claim a job; retrying");
+                    tracing::error!(%fault, ?retry_wait, "a job worker could not record or claim a job; retrying");
                     if !claim {
                         // Shutting down: the next start marks the unrecorded job interrupted;
                         // its followers are told it has ended here.
@@ -256,8 +274,10 @@ impl Runner {
                         }
                         return;
                     }
+                    let wait = retry_wait;
+                    retry_wait = (retry_wait * 2).min(MAX_RETRY_WAIT);
                     tokio::select! {
-                        () = tokio::time::sleep(RETRY_AFTER_FAULT) => continue,
+                        () = tokio::time::sleep(wait) => continue,
                         () = shutdown.cancelled() => continue,
                     }
                 }
@@ -338,6 +358,7 @@ impl Runner {
                 true
             }
         };
+        self.output.forget(job.seq);
         let (exit_code, signal) = match &status {
             Ok(status) => process::code_and_signal(status),
             Err(_) => (None, None),

@@ -110,7 +110,7 @@ impl App {
     /// [`App::run_until_stopped`].
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let lock = lock_data_dir(&config.data_dir)?;
-        let db = Database::open(&config.data_dir, config.sync)
+        let db = Database::open_with(&config.data_dir, config.sync, config.busy_timeout)
             .await
             .map_err(|source| StartError::Database {
                 path: config.database_path(),
@@ -158,6 +158,9 @@ impl App {
                 workers: config.job_workers(),
                 stop_grace: config.job_stop_grace,
                 output_limit: config.job_output_limit,
+                max_db_bytes: max_db_size(&config, &db).await,
+                retention: config.job_retention.window(),
+                purge_every: config.purge_every,
             };
             services.push(bind_service::<Jobs>(context, config.jobs_addr, settings, tls).await?);
         }
@@ -296,6 +299,29 @@ impl App {
             Ok(())
         } else {
             Err(RunError::DrainTimedOut(config.drain_timeout))
+        }
+    }
+}
+
+/// `--max-db-size`, or by default the database's size now plus 80% of the free space on its
+/// volume; unbounded if the volume cannot be asked.
+async fn max_db_size(config: &Config, db: &Database) -> u64 {
+    if let Some(size) = config.max_db_size {
+        return size;
+    }
+    let used = db.used_bytes().await.unwrap_or(0);
+    match crate::db::free_space(&config.data_dir) {
+        Ok(free) => {
+            let size = used.saturating_add(free / 5 * 4);
+            tracing::info!(
+                max_db_size = size,
+                "job output is refused past this database size"
+            );
+            size
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the volume's free space; --max-db-size is unbounded");
+            u64::MAX
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct TestApp {
     pub admin: String,
     pub hashes_addr: SocketAddr,
     pub client: reqwest::Client,
+    /// The running warden's database, to reach under the API (a full disk on demand).
+    pub db: Database,
     shutdown: CancellationToken,
     running: JoinHandle<Result<(), RunError>>,
 }
@@ -102,6 +104,7 @@ impl TestApp {
             "http"
         };
         let admin_addr = app.admin_addr();
+        let db = app.database();
         let shutdown = app.shutdown_token();
         let running = tokio::spawn(app.run_until_stopped());
         Self {
@@ -113,6 +116,7 @@ impl TestApp {
             admin: format!("http://{admin_addr}"),
             hashes_addr,
             client: reqwest::Client::new(),
+            db,
             shutdown,
             running,
         }

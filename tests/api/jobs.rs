@@ -300,7 +300,11 @@ async fn bad_requests_are_4xx_and_change_nothing() {
         (Method::GET, format!("/jobs/{unknown}"), 404),
         (Method::POST, format!("/jobs/{unknown}/stop"), 404),
         (Method::GET, format!("/jobs/{id}/output?offset=-1"), 400),
-        (Method::DELETE, format!("/jobs/{id}"), 405),
+        (Method::DELETE, "/jobs/not-a-uuid".to_owned(), 400),
+        (Method::DELETE, format!("/jobs/{unknown}"), 404),
+        (Method::GET, "/jobs?limit=0".to_owned(), 400),
+        (Method::GET, "/jobs?limit=1001".to_owned(), 400),
+        (Method::GET, format!("/jobs?after={unknown}"), 400),
     ] {
         let (got, _) = alice.call(method.clone(), &path, None).await;
         assert_eq!(got, status, "{method} {path}");

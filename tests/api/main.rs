@@ -17,6 +17,7 @@
 //! No test changes process-global state, so they all share this one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 
+mod faults;
 mod hashes;
 mod helpers;
 mod jobs;

@@ -1,8 +1,17 @@
-//! The job runner's SQL: the queue, each job's record, and its output chunks.
+//! The job runner's SQL: the queue, each job's record, deletion and retention; the output's
+//! chunks are in `output.rs`.
+//!
+//! A deleted job (`deleted_at_ms` set) is gone from every read at once; its output and then
+//! its row are deleted afterwards in bounded steps ([`purge_step`]).
+
+mod output;
+
+pub use output::{AppendOutput, OutputChunk, Stored, read_output};
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
+use futures_util::TryStreamExt as _;
+
 use serde::Serialize;
 use sqlx::Connection as _;
 use sqlx::SqlitePool;
@@ -105,47 +114,88 @@ pub async fn find(reads: &SqlitePool, id: &str) -> Result<Option<JobRow>, sqlx::
         r#"SELECT seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
                   exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
                   output_bytes, output_truncated AS "output_truncated: bool"
-           FROM jobs WHERE id = ?1"#,
+           FROM jobs WHERE id = ?1 AND deleted_at_ms IS NULL"#,
         id
     )
     .fetch_optional(reads)
     .await
 }
 
-/// Jobs newest first, of `owner` only if given, in `status` only if given. A user's list is
-/// read through `jobs_by_owner`, so it costs that user's jobs, not everyone's.
+/// A page of a job list.
+#[derive(Debug)]
+pub struct Page {
+    pub jobs: Vec<JobRow>,
+    /// More jobs follow the last one of this page.
+    pub more: bool,
+}
+
+/// A page of jobs newest first: of `owner` only if given, in `status` only if given, older
+/// than job `before_seq` if given; at most `limit` jobs, and fewer once their command and
+/// arguments pass `budget` bytes (at least one job either way), so that a page's memory is
+/// bounded whatever its jobs hold. A user's list is read through `jobs_by_owner`, so it
+/// costs that user's jobs, not everyone's.
 pub async fn list(
     reads: &SqlitePool,
     owner: Option<&str>,
     status: Option<JobStatus>,
-) -> Result<Vec<JobRow>, sqlx::Error> {
-    match owner {
+    before_seq: Option<i64>,
+    limit: usize,
+    budget: usize,
+) -> Result<Page, sqlx::Error> {
+    let mut rows = match owner {
         Some(owner) => sqlx::query_as!(
             JobRow,
             r#"SELECT seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
-                          exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
-                          output_bytes, output_truncated AS "output_truncated: bool"
-                   FROM jobs
-                   WHERE owner = ?1 AND (?2 IS NULL OR status = ?2)
-                   ORDER BY seq DESC"#,
+                      exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
+                      output_bytes, output_truncated AS "output_truncated: bool"
+               FROM jobs
+               WHERE owner = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR seq < ?3)
+                 AND deleted_at_ms IS NULL
+               ORDER BY seq DESC"#,
             owner,
-            status
+            status,
+            before_seq
         )
-        .fetch_all(reads)
-        .await,
+        .fetch(reads),
         None => sqlx::query_as!(
             JobRow,
             r#"SELECT seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
-                          exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
-                          output_bytes, output_truncated AS "output_truncated: bool"
-                   FROM jobs
-                   WHERE ?1 IS NULL OR status = ?1
-                   ORDER BY seq DESC"#,
-            status
+                      exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
+                      output_bytes, output_truncated AS "output_truncated: bool"
+               FROM jobs
+               WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR seq < ?2)
+                 AND deleted_at_ms IS NULL
+               ORDER BY seq DESC"#,
+            status,
+            before_seq
         )
-        .fetch_all(reads)
-        .await,
+        .fetch(reads),
+    };
+    let mut page = Page {
+        jobs: Vec::new(),
+        more: false,
+    };
+    let mut spent = 0;
+    while let Some(row) = rows.try_next().await? {
+        if page.jobs.len() == limit || (spent >= budget && !page.jobs.is_empty()) {
+            page.more = true;
+            break;
+        }
+        spent += row.command.len() + row.args.len() + row.name.as_ref().map_or(0, String::len);
+        page.jobs.push(row);
     }
+    Ok(page)
+}
+
+/// The `seq` and owner of visible job `id`, for a list cursor.
+pub async fn cursor_of(reads: &SqlitePool, id: &str) -> Result<Option<(i64, String)>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT seq AS "seq!", owner FROM jobs WHERE id = ?1 AND deleted_at_ms IS NULL"#,
+        id
+    )
+    .fetch_optional(reads)
+    .await?;
+    Ok(row.map(|row| (row.seq, row.owner)))
 }
 
 /// Claims the oldest queued job for a worker: one guarded statement, so no job runs twice.
@@ -295,123 +345,80 @@ pub async fn interrupt_running(
     .await
 }
 
-/// A piece of a job's output, at its offset in the whole output.
-#[derive(Debug)]
-pub struct OutputChunk {
-    pub job_seq: i64,
-    pub start_offset: i64,
-    pub bytes: Bytes,
-    /// Output was dropped before this chunk (past the limit): the job says so at once.
-    pub truncated: bool,
-}
-
-/// The batch that appends output chunks. The `job_output_moves_output_bytes` trigger moves
-/// each job's `output_bytes` on inside the same statement.
-#[derive(Debug)]
-pub struct AppendOutput;
-
-impl Batch for AppendOutput {
-    const PATH: &'static str = "job output";
-    type Request = OutputChunk;
-    type Reply = ();
-
-    /// All the chunks travel as one blob, with a JSON list of where each lies in it, and one
-    /// statement stores them: one round trip to SQLite's thread per commit rather than one
-    /// per chunk (measured: output throughput up by a quarter). A chunk that follows dropped
-    /// output also marks its job truncated, in the same transaction.
-    async fn write(
-        &self,
-        conn: &mut SqliteConnection,
-        requests: &[OutputChunk],
-    ) -> Result<Vec<()>, sqlx::Error> {
-        let mut bytes = Vec::with_capacity(requests.iter().map(|chunk| chunk.bytes.len()).sum());
-        let mut pieces = Vec::with_capacity(requests.len());
-        let mut truncated: Vec<i64> = Vec::new();
-        for chunk in requests {
-            pieces.push((
-                chunk.job_seq,
-                chunk.start_offset,
-                bytes.len(),
-                chunk.bytes.len(),
-            ));
-            bytes.extend_from_slice(&chunk.bytes);
-            if chunk.truncated && !truncated.contains(&chunk.job_seq) {
-                truncated.push(chunk.job_seq);
-            }
-        }
-        let pieces =
-            serde_json::to_string(&pieces).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-        let stored = if truncated.is_empty() {
-            store_chunks(conn, &bytes, &pieces).await?
-        } else {
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let stored = store_chunks(&mut tx, &bytes, &pieces).await?;
-            for seq in truncated {
-                sqlx::query!("UPDATE jobs SET output_truncated = 1 WHERE seq = ?1", seq)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            stored
-        };
-        if stored != requests.len() as u64 {
-            return Err(sqlx::Error::Protocol(format!(
-                "stored {stored} output chunks of {}",
-                requests.len()
-            )));
-        }
-        Ok(requests.iter().map(|_| ()).collect())
-    }
-}
-
-/// Stores the chunks that `pieces` (`[[job_seq, start_offset, at, length], …]`) cut out of
-/// `bytes`; returns how many.
-async fn store_chunks(
+/// Deletes finished job `seq` from every read at once (its output and row go later, in
+/// steps); returns whether it was a visible finished job.
+pub async fn delete_finished(
     conn: &mut SqliteConnection,
-    bytes: &[u8],
-    pieces: &str,
+    seq: i64,
+    now_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "UPDATE jobs SET deleted_at_ms = ?2
+         WHERE seq = ?1 AND status NOT IN ('queued', 'running') AND deleted_at_ms IS NULL",
+        seq,
+        now_ms
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(deleted.rows_affected() == 1)
+}
+
+/// Deletes up to `limit` jobs that finished before `before_ms` (never a queued or running
+/// one); returns how many.
+pub async fn expire_finished(
+    conn: &mut SqliteConnection,
+    before_ms: i64,
+    now_ms: i64,
+    limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query!(
-        "INSERT INTO job_output (job_seq, start_offset, bytes)
-         SELECT piece.value ->> 0, piece.value ->> 1,
-                substr(?1, (piece.value ->> 2) + 1, piece.value ->> 3)
-         FROM json_each(?2) AS piece
-         ORDER BY piece.key",
-        bytes,
-        pieces
+    let expired = sqlx::query!(
+        "UPDATE jobs SET deleted_at_ms = ?2
+         WHERE seq IN (
+             SELECT seq FROM jobs
+             WHERE finished_at_ms < ?1 AND status NOT IN ('queued', 'running')
+               AND deleted_at_ms IS NULL
+             LIMIT ?3
+         )",
+        before_ms,
+        now_ms,
+        limit
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(expired.rows_affected())
+}
+
+/// What one purge step removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub chunks: u64,
+    pub jobs: u64,
+}
+
+/// One bounded step of removing deleted jobs: up to `chunk_limit` output chunks of one
+/// deleted job, or, once it has none left, its row. Nothing to do gives `Purged::default()`.
+pub async fn purge_step(
+    conn: &mut SqliteConnection,
+    chunk_limit: i64,
+) -> Result<Purged, sqlx::Error> {
+    let Some(seq) = sqlx::query_scalar!(
+        r#"SELECT seq AS "seq!" FROM jobs WHERE deleted_at_ms IS NOT NULL LIMIT 1"#
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(Purged::default());
+    };
+    let chunks = output::delete_chunks(conn, seq, chunk_limit).await?;
+    if chunks > 0 {
+        return Ok(Purged { chunks, jobs: 0 });
+    }
+    let jobs = sqlx::query!(
+        "DELETE FROM jobs WHERE seq = ?1 AND deleted_at_ms IS NOT NULL",
+        seq
     )
     .execute(&mut *conn)
     .await?
-    .rows_affected())
-}
-
-/// Up to `limit` output chunks of job `seq` from the last one starting at or before `offset`
-/// on, in order (that first one may end at or before `offset`: the caller skips what it has
-/// already sent). Both steps are index seeks, however long the output.
-pub async fn read_output(
-    reads: &SqlitePool,
-    seq: i64,
-    offset: i64,
-    limit: usize,
-) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = sqlx::query!(
-        r#"SELECT start_offset AS "start_offset!", bytes FROM job_output
-         WHERE job_seq = ?1
-           AND start_offset >= (
-               SELECT coalesce(max(start_offset), 0) FROM job_output
-               WHERE job_seq = ?1 AND start_offset <= ?2
-           )
-         ORDER BY start_offset
-         LIMIT ?3"#,
-        seq,
-        offset,
-        limit
-    )
-    .fetch_all(reads)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.start_offset, row.bytes))
-        .collect())
+    .rows_affected();
+    Ok(Purged { chunks: 0, jobs })
 }
