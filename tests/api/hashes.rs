@@ -4,7 +4,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::helpers::{ANGRY_MONKEY, TestApp, call};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use reqwest::header;
+use sha2::{Digest as _, Sha512};
 
 #[tokio::test]
 async fn a_hash_is_hidden_for_five_seconds_then_matches_the_contract_vector() {
@@ -274,5 +277,94 @@ async fn the_delay_is_a_setting() {
     );
     app.clock.advance(Duration::from_millis(1));
     assert_eq!(app.get_hash(&id.to_string()).await.status(), 200);
+    app.stop().await;
+}
+
+/// base64(SHA-512(`bytes`)), as `GET /hash/{id}` should answer for a password of `bytes`.
+fn hash_of(bytes: &[u8]) -> String {
+    STANDARD.encode(Sha512::digest(bytes))
+}
+
+impl TestApp {
+    /// `POST /hash` with `body` as it is, of `content_type`.
+    async fn post_raw(&self, content_type: &str, body: &[u8]) -> reqwest::Response {
+        self.client
+            .post(format!("{}/hash", self.hashes))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_password_is_hashed_as_the_exact_bytes_the_client_sent() {
+    let app = TestApp::spawn().await;
+    const FORM: &str = "application/x-www-form-urlencoded";
+    let cases: [(&str, &[u8], &[u8]); 8] = [
+        (FORM, b"password=%FF", b"\xFF"),
+        (FORM, b"password=\xFF", b"\xFF"),
+        (FORM, b"password=%EF%BF%BD", "\u{FFFD}".as_bytes()),
+        (FORM, b"password=a+b", b"a b"),
+        (FORM, b"password=a%20b", b"a b"),
+        (FORM, b"user=x&password=%2B%26%3D&z=1", b"+&="),
+        (
+            "application/json",
+            br#"{"password":"\u00ff"}"#,
+            "\u{FF}".as_bytes(),
+        ),
+        (
+            "application/json",
+            "{\"password\":\"\u{FFFD}\"}".as_bytes(),
+            "\u{FFFD}".as_bytes(),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (content_type, body, password) in cases {
+        let response = app.post_raw(content_type, body).await;
+        assert_eq!(response.status(), 200, "{}", String::from_utf8_lossy(body));
+        ids.push((response.text().await.unwrap(), password, body));
+    }
+    let form = reqwest::multipart::Form::new().part(
+        "password",
+        reqwest::multipart::Part::bytes(vec![0xFF, 0xFE]),
+    );
+    let multipart = app
+        .client
+        .post(format!("{}/hash", app.hashes))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(multipart.status(), 200);
+    ids.push((multipart.text().await.unwrap(), b"\xFF\xFE", b"multipart"));
+
+    app.clock.advance(Duration::from_secs(5));
+    for (id, password, body) in ids {
+        let hash = app.get_hash(&id).await.text().await.unwrap();
+        assert_eq!(hash, hash_of(password), "{}", String::from_utf8_lossy(body));
+    }
+    assert_ne!(
+        hash_of(b"\xFF"),
+        hash_of("\u{FFFD}".as_bytes()),
+        "%FF is not the replacement character"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_json_body_that_is_not_utf8_is_400() {
+    let app = TestApp::spawn().await;
+    let (status, error) = call(
+        app.client
+            .post(format!("{}/hash", app.hashes))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(b"{\"password\":\"\xFF\"}".to_vec()),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error["error"].is_string());
+    assert_eq!(app.stats().await, (0, 0));
     app.stop().await;
 }
