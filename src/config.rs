@@ -87,6 +87,10 @@ pub struct Config {
     #[arg(long, env = "WARDEN_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// How many daily log files `logs/` in the data dir keeps, today's included (at least 1).
+    #[arg(long, env = "WARDEN_LOG_RETENTION", default_value = "14")]
+    pub log_retention: usize,
+
     /// Log line format on stderr and in the log file.
     #[arg(long, env = "WARDEN_LOG_FORMAT", default_value = "human")]
     pub log_format: LogFormat,
@@ -159,6 +163,13 @@ impl Config {
                  allowed on a loopback --jobs-addr, not {}",
                 self.jobs_addr
             ));
+        }
+        if self.log_retention == 0 {
+            return Err(
+                "invalid --log-retention (WARDEN_LOG_RETENTION): must be at least 1, \
+                 the day's own log file"
+                    .into(),
+            );
         }
         let tls_files = [&self.tls_cert, &self.tls_key].map(Option::is_some);
         if tls_files[0] != tls_files[1] {
@@ -242,5 +253,13 @@ mod tests {
         let config =
             Config::from_flags(["--jobs-tls", "on", "--jobs-addr", "0.0.0.0:8443"]).unwrap();
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn log_files_are_kept_for_two_weeks_by_default_and_never_zero() {
+        let config = Config::from_flags(Vec::<String>::new()).unwrap();
+        assert_eq!(config.log_retention, 14);
+        let config = Config::from_flags(["--log-retention", "0"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--log-retention"));
     }
 }
