@@ -87,6 +87,11 @@ pub struct Config {
     #[arg(long, env = "WARDEN_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Delete each hash this long after its request (e.g. `30d`); `GET /hash/{id}` answers 404
+    /// from then on [default: off: hashes are kept, as the contract says].
+    #[arg(long, env = "WARDEN_HASH_RETENTION", value_parser = parse_duration)]
+    pub hash_retention: Option<Duration>,
+
     /// How many daily log files `logs/` in the data dir keeps, today's included (at least 1).
     #[arg(long, env = "WARDEN_LOG_RETENTION", default_value = "14")]
     pub log_retention: usize,
@@ -163,6 +168,16 @@ impl Config {
                  allowed on a loopback --jobs-addr, not {}",
                 self.jobs_addr
             ));
+        }
+        if self
+            .hash_retention
+            .is_some_and(|retention| retention <= self.hash_delay)
+        {
+            return Err(
+                "invalid --hash-retention (WARDEN_HASH_RETENTION): must be longer than \
+                 --hash-delay, or a hash would be deleted before it could be read"
+                    .into(),
+            );
         }
         if self.log_retention == 0 {
             return Err(
@@ -253,6 +268,23 @@ mod tests {
         let config =
             Config::from_flags(["--jobs-tls", "on", "--jobs-addr", "0.0.0.0:8443"]).unwrap();
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn retention_of_hashes_is_off_by_default_and_must_outlast_the_delay() {
+        let config = Config::from_flags(Vec::<String>::new()).unwrap();
+        assert_eq!(config.hash_retention, None);
+        let config = Config::from_flags(["--hash-retention", "30d"]).unwrap();
+        assert_eq!(
+            config.hash_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        config.validate().unwrap();
+        for short in ["5s", "1s", "0s"] {
+            let config = Config::from_flags(["--hash-retention", short]).unwrap();
+            let refused = config.validate().unwrap_err();
+            assert!(refused.contains("--hash-retention"), "{short}: {refused}");
+        }
     }
 
     #[test]

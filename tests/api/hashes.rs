@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::helpers::{ANGRY_MONKEY, TestApp, call};
+use crate::helpers::{ANGRY_MONKEY, TestApp, call, eventually, run_cli};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::header;
@@ -296,6 +296,20 @@ impl TestApp {
             .await
             .unwrap()
     }
+
+    /// The ids of the hashes in the database, in order.
+    async fn stored_ids(&self) -> Vec<i64> {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.dir.path().join("warden.db"))
+            .read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let ids = sqlx::query_scalar("SELECT id FROM hashes ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        ids
+    }
 }
 
 #[tokio::test]
@@ -367,4 +381,121 @@ async fn a_json_body_that_is_not_utf8_is_400() {
     assert!(error["error"].is_string());
     assert_eq!(app.stats().await, (0, 0));
     app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_retention_a_hash_is_kept_for_ever() {
+    let app = TestApp::spawn_with(&["--purge-every", "100ms"]).await;
+    let id = app.create_hash("angryMonkey").await;
+    app.clock.advance(Duration::from_secs(10 * 365 * 86_400));
+    assert_eq!(
+        app.get_hash(&id.to_string()).await.text().await.unwrap(),
+        ANGRY_MONKEY
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hashes_past_their_retention_are_deleted_and_their_ids_never_come_back() {
+    let app = TestApp::spawn_with(&["--hash-retention", "1h", "--purge-every", "100ms"]).await;
+    for n in 1..=3 {
+        assert_eq!(app.create_hash(&format!("old {n}")).await, n);
+    }
+    app.clock.advance(Duration::from_secs(30 * 60));
+    assert_eq!(app.create_hash("angryMonkey").await, 4);
+    app.clock.advance(Duration::from_secs(30 * 60));
+    for id in 1..=4 {
+        assert_eq!(
+            app.get_hash(&id.to_string()).await.status(),
+            200,
+            "{id} is an hour old at most"
+        );
+    }
+    let stats = app.stats().await;
+
+    app.clock.advance(Duration::from_millis(1));
+    for id in ["1", "2", "3"] {
+        let gone = app.get_hash(id).await;
+        assert_eq!(gone.status(), 404, "{id} is past its retention");
+        assert!(
+            gone.headers().get(header::RETRY_AFTER).is_none(),
+            "{id} will not come back"
+        );
+    }
+    assert_eq!(app.get_hash("4").await.text().await.unwrap(), ANGRY_MONKEY);
+    // The purge runs on real time, every 100 ms here; wait for one.
+    eventually(
+        "the purge deleted the old rows",
+        Duration::from_secs(10),
+        async || (app.stored_ids().await == [4]).then_some(()),
+    )
+    .await;
+    assert_eq!(app.stats().await, stats, "deleted hashes still count");
+
+    // Even the newest row deleted, its id is not given again, also across a restart.
+    assert_eq!(app.create_hash("new").await, 5);
+    app.clock.advance(Duration::from_secs(2 * 3600));
+    eventually(
+        "the purge deleted every row",
+        Duration::from_secs(10),
+        async || app.stored_ids().await.is_empty().then_some(()),
+    )
+    .await;
+    assert_eq!(app.create_hash("newer").await, 6);
+    let (dir, clock) = app.stop().await;
+    let app = TestApp::spawn_in(dir, clock, &["--hash-retention", "1h"]).await;
+    assert_eq!(app.create_hash("after restart").await, 7);
+    assert_eq!(app.stats().await.0, 7);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_purge_larger_than_one_step_deletes_every_old_hash() {
+    let app = TestApp::spawn_with(&["--hash-retention", "1h", "--purge-every", "100ms"]).await;
+    let url = format!("{}/hash", app.hashes);
+    let posts = (0..25).map(|batch| {
+        let (client, url) = (app.client.clone(), url.clone());
+        tokio::spawn(async move {
+            for n in 0..100 {
+                let response = client
+                    .post(&url)
+                    .form(&[("password", format!("{batch} {n}"))])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        })
+    });
+    for post in posts.collect::<Vec<_>>() {
+        post.await.unwrap();
+    }
+    app.clock.advance(Duration::from_secs(3600));
+    let kept = app.create_hash("kept").await;
+    app.clock.advance(Duration::from_millis(1));
+    eventually(
+        "2 500 old hashes were deleted",
+        Duration::from_secs(20),
+        async || (app.stored_ids().await == [kept]).then_some(()),
+    )
+    .await;
+    assert_eq!(app.stats().await.0, 2_501);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_retention_no_longer_than_the_delay_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    for (flags, env) in [
+        (&["--hash-retention", "5s"][..], &[][..]),
+        (&["--hash-delay", "1m"], &[("WARDEN_HASH_RETENTION", "30s")]),
+    ] {
+        let mut args = vec!["serve", "--data-dir", &data_dir];
+        args.extend_from_slice(flags);
+        let (code, _, stderr) = run_cli(&args, env).await;
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--hash-retention"), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
 }
