@@ -103,6 +103,15 @@ pub struct Config {
     #[arg(long, env = "WARDEN_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Delete each hash this long after its request (e.g. `30d`); `GET /hash/{id}` answers 404
+    /// from then on [default: off: hashes are kept, as the contract says].
+    #[arg(long, env = "WARDEN_HASH_RETENTION", value_parser = parse_duration)]
+    pub hash_retention: Option<Duration>,
+
+    /// How many daily log files `logs/` in the data dir keeps, today's included (at least 1).
+    #[arg(long, env = "WARDEN_LOG_RETENTION", default_value = "14")]
+    pub log_retention: usize,
+
     /// Log line format on stderr and in the log file.
     #[arg(long, env = "WARDEN_LOG_FORMAT", default_value = "human")]
     pub log_format: LogFormat,
@@ -209,6 +218,23 @@ impl Config {
                 self.jobs_addr
             ));
         }
+        if self
+            .hash_retention
+            .is_some_and(|retention| retention <= self.hash_delay)
+        {
+            return Err(
+                "invalid --hash-retention (WARDEN_HASH_RETENTION): must be longer than \
+                 --hash-delay, or a hash would be deleted before it could be read"
+                    .into(),
+            );
+        }
+        if self.log_retention == 0 {
+            return Err(
+                "invalid --log-retention (WARDEN_LOG_RETENTION): must be at least 1, \
+                 the day's own log file"
+                    .into(),
+            );
+        }
         let tls_files = [&self.tls_cert, &self.tls_key].map(Option::is_some);
         if tls_files[0] != tls_files[1] {
             return Err("invalid --tls-cert/--tls-key: give both or neither".into());
@@ -299,5 +325,30 @@ mod tests {
         let config =
             Config::from_flags(["--jobs-tls", "on", "--jobs-addr", "0.0.0.0:8443"]).unwrap();
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn retention_of_hashes_is_off_by_default_and_must_outlast_the_delay() {
+        let config = Config::from_flags(Vec::<String>::new()).unwrap();
+        assert_eq!(config.hash_retention, None);
+        let config = Config::from_flags(["--hash-retention", "30d"]).unwrap();
+        assert_eq!(
+            config.hash_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        config.validate().unwrap();
+        for short in ["5s", "1s", "0s"] {
+            let config = Config::from_flags(["--hash-retention", short]).unwrap();
+            let refused = config.validate().unwrap_err();
+            assert!(refused.contains("--hash-retention"), "{short}: {refused}");
+        }
+    }
+
+    #[test]
+    fn log_files_are_kept_for_two_weeks_by_default_and_never_zero() {
+        let config = Config::from_flags(Vec::<String>::new()).unwrap();
+        assert_eq!(config.log_retention, 14);
+        let config = Config::from_flags(["--log-retention", "0"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--log-retention"));
     }
 }

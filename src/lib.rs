@@ -23,7 +23,8 @@
 //! - [`client`]: what the CLI's HTTP clients share: their error and how a refusal reads.
 //! - [`clock`]: the injectable time source.
 //! - [`hashes`]: `POST /hash`, `GET /hash/{id}`, `GET /stats`: router (`mod.rs`), SQL
-//!   (`store.rs`), input parsing (`input.rs`), and the CLI's client (`client.rs`).
+//!   (`store.rs`), input parsing (`input.rs`), the purge past `--hash-retention`
+//!   (`retention.rs`), and the CLI's client (`client.rs`).
 //! - [`registry`]: heartbeat discovery: router (`mod.rs`), SQL (`store.rs`) and the purge
 //!   job (`purge.rs`).
 //! - [`jobs`]: the job runner: router (`mod.rs`); a job's status, ending and API record

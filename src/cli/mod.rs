@@ -232,7 +232,8 @@ async fn serve(config: Config) -> ExitCode {
         eprintln!("warden: {message}");
         return ExitCode::from(2);
     }
-    let _log_writer = match init_logging(&config.data_dir, config.log_format) {
+    let _log_writer = match init_logging(&config.data_dir, config.log_format, config.log_retention)
+    {
         Ok(guard) => guard,
         Err(message) => {
             eprintln!("warden: {message}");

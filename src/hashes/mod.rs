@@ -4,9 +4,11 @@
 //! `ready_at_ms = now + delay`; `GET /hash/{id}` reveals it only from then on. So the delay is
 //! exact under any load and across restarts, and the password itself is never stored.
 //! A client gets its id only once the hash and the updated stats are committed together.
+//! With `--hash-retention` a hash is deleted once it is that old (`retention.rs`).
 
 pub mod client;
 mod input;
+mod retention;
 mod store;
 
 use std::time::{Duration, Instant};
@@ -29,13 +31,15 @@ use crate::http::PathParams;
 use crate::service::{Context, Service};
 use store::{NewHash, RecordHashes};
 
-/// The hash service's state: its writer, the read pool, the clock and the delay.
+/// The hash service's state: its writer, the read pool, the clock, the delay and the
+/// retention.
 #[derive(Clone, Debug)]
 pub struct Hashes {
     writer: Writer<RecordHashes>,
     reads: SqlitePool,
     clock: Clock,
     delay: Duration,
+    retention: Option<Duration>,
 }
 
 /// The hash service's settings.
@@ -43,6 +47,10 @@ pub struct Hashes {
 pub struct HashSettings {
     /// How long after `POST /hash` the hash becomes readable.
     pub delay: Duration,
+    /// How long after `POST /hash` the hash is deleted; `None` keeps it.
+    pub retention: Option<Duration>,
+    /// How often hashes past their retention are deleted.
+    pub purge_every: Duration,
 }
 
 impl Service for Hashes {
@@ -50,13 +58,25 @@ impl Service for Hashes {
     type Settings = HashSettings;
     type StartError = std::convert::Infallible;
 
-    /// Starts the service's writer (tracked by `context.tasks`).
+    /// Starts the service's writer and, with a retention, its purge job (both tracked by
+    /// `context.tasks`; the purge stops when `context.shutdown` is cancelled).
     async fn start(context: Context<'_>, settings: HashSettings) -> Result<Self, Self::StartError> {
+        if let Some(retention) = settings.retention {
+            retention::start(
+                context.db.clone(),
+                context.clock.clone(),
+                retention,
+                settings.purge_every,
+                context.tasks,
+                context.shutdown.clone(),
+            );
+        }
         Ok(Self {
             writer: context.db.writer(RecordHashes, context.tasks),
             reads: context.db.reads.clone(),
             clock: context.clock.clone(),
             delay: settings.delay,
+            retention: settings.retention,
         })
     }
 
@@ -100,19 +120,26 @@ async fn create_hash(State(hashes): State<Hashes>, request: Request) -> Result<R
         .into_response())
 }
 
-/// `GET /hash/{id}`: the base64 SHA-512 once ready; 404 with `Retry-After` until then.
+/// `GET /hash/{id}`: the base64 SHA-512 once ready; 404 with `Retry-After` until then, and a
+/// plain 404 for an id never given or a hash past its retention (deleted or about to be).
 async fn read_hash(
     State(hashes): State<Hashes>,
     PathParams(id): PathParams<String>,
 ) -> Result<Response> {
     let id = parse_id(&id)?;
-    let Some(hash) = (match id {
+    let now = hashes.clock.now_ms();
+    let hash = match id {
         Some(id) => store::find(&hashes.reads, id).await?,
         None => None,
+    };
+    let Some(hash) = hash.filter(|hash| {
+        hashes.retention.is_none_or(|retention| {
+            hash.received_at_ms >= retention::received_before_ms(retention, now)
+        })
     }) else {
         return Err(Error::not_found("no hash has that id"));
     };
-    let wait_ms = hash.ready_at_ms.saturating_sub(hashes.clock.now_ms());
+    let wait_ms = hash.ready_at_ms.saturating_sub(now);
     if wait_ms > 0 {
         return Err(Error::NotFound {
             message: "that hash is not ready yet".into(),

@@ -1,4 +1,5 @@
-//! The hash service's SQL: recording accepted hashes in group commits, and reading them back.
+//! The hash service's SQL: recording accepted hashes in group commits, reading them back, and
+//! deleting those past their retention.
 
 use std::time::Instant;
 
@@ -80,6 +81,7 @@ impl Batch for RecordHashes {
 #[derive(Debug)]
 pub struct StoredHash {
     pub sha512: String,
+    pub received_at_ms: i64,
     pub ready_at_ms: i64,
 }
 
@@ -87,7 +89,7 @@ pub struct StoredHash {
 pub async fn find(reads: &SqlitePool, id: i64) -> Result<Option<StoredHash>, sqlx::Error> {
     sqlx::query_as!(
         StoredHash,
-        "SELECT sha512, ready_at_ms FROM hashes WHERE id = ?1",
+        "SELECT sha512, received_at_ms, ready_at_ms FROM hashes WHERE id = ?1",
         id
     )
     .fetch_optional(reads)
@@ -109,4 +111,29 @@ pub async fn totals(reads: &SqlitePool) -> Result<Totals, sqlx::Error> {
     )
     .fetch_one(reads)
     .await
+}
+
+/// One step of the purge: among the `chunk` oldest hashes (lowest ids), deletes those
+/// received before `received_before_ms`; returns how many it deleted. Ids follow arrival, so
+/// the hashes past their retention are the oldest ones: a step reads only its chunk of the
+/// id index, never the whole table, and a step that deletes less than a whole chunk has
+/// reached the hashes still kept. (Were the wall clock set back, hashes behind one stamped
+/// later wait for it, late by at most the step; `GET` still hides them on time.) Deleting rows
+/// leaves `hash_stats` alone (its trigger counts inserts), and `AUTOINCREMENT` keeps every
+/// deleted id, the newest too, from being given again.
+pub async fn purge_step(
+    conn: &mut SqliteConnection,
+    received_before_ms: i64,
+    chunk: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "DELETE FROM hashes
+         WHERE id IN (SELECT id FROM hashes ORDER BY id LIMIT ?2)
+           AND received_at_ms < ?1",
+        received_before_ms,
+        chunk
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(deleted.rows_affected())
 }

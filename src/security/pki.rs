@@ -10,9 +10,10 @@
 //!     NAME.pem/.key    from `warden pki issue-client NAME [--admin]`
 //! ```
 //!
-//! A client's user is its certificate's Common Name; it is an admin iff its subject has an
-//! organisational unit `admin`. The dev PKI is for one machine: its CA key sits beside the
-//! database, so anyone who can read the data directory can mint certificates.
+//! A client's user is its certificate's one Common Name; it is an admin iff `admin` is its
+//! subject's only organisational unit (see [`super::tls::identity_of`]). The dev PKI is for
+//! one machine: its CA key sits beside the database, so anyone who can read the data
+//! directory can mint certificates.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;

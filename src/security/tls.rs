@@ -25,8 +25,8 @@ pub enum TlsError {
     Config(String),
 }
 
-/// Who a verified client certificate names: its Common Name, and `admin` if its subject has
-/// an organisational unit `admin`.
+/// Who a verified client certificate names: its one Common Name, and `admin` exactly when its
+/// subject's one and only organisational unit is `admin`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
     pub user: String,
@@ -76,17 +76,29 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<ClientConfig,
         .map_err(|error| TlsError::Config(error.to_string()))
 }
 
-/// The identity in a verified peer certificate chain (its first certificate).
+/// The identity in a verified peer certificate chain (its first certificate); `None`, and so
+/// a refused connection, unless its subject has exactly one Common Name and that is a valid
+/// user name.
+///
+/// The rules are exact so that a certificate means one thing: a subject with two Common
+/// Names names no one (which of them would own its jobs?), and only a subject whose sole
+/// organisational unit is `admin` is an admin. A subject with several units (`OU=staff`,
+/// `OU=admin`) is a plain user: a CA that lists a person's departments did not necessarily
+/// mean any one of them as a grant of warden's admin role, and a plain user loses nothing
+/// but other people's jobs, where refusing it would lock its holder out.
 pub fn identity_of(chain: &[CertificateDer<'_>]) -> Option<ClientIdentity> {
     let (_, cert) = X509Certificate::from_der(chain.first()?.as_ref()).ok()?;
     let subject = cert.subject();
-    let user = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
-    if !valid_user(&user) {
+    let mut common_names = subject.iter_common_name();
+    let user = common_names.next()?.as_str().ok()?.to_owned();
+    if common_names.next().is_some() || !valid_user(&user) {
         return None;
     }
-    let admin = subject
-        .iter_organizational_unit()
-        .any(|unit| unit.as_str() == Ok("admin"));
+    let mut units = subject.iter_organizational_unit();
+    let admin = match (units.next(), units.next()) {
+        (Some(only), None) => only.as_str() == Ok("admin"),
+        _ => false,
+    };
     Some(ClientIdentity {
         user,
         role: if admin { Role::Admin } else { Role::User },
@@ -130,5 +142,72 @@ fn read_error(path: &Path, error: &rustls::pki_types::pem::Error) -> TlsError {
     TlsError::Read {
         path: path.to_path_buf(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    const COMMON_NAME: [u64; 4] = [2, 5, 4, 3];
+    const UNIT: [u64; 4] = [2, 5, 4, 11];
+
+    /// The identity of a self-signed certificate whose subject has `attributes` in order.
+    /// (rcgen keeps one value per attribute type, so a repeated one goes in by its OID.)
+    fn identity(attributes: &[(&[u64], &str)]) -> Option<ClientIdentity> {
+        let mut params = CertificateParams::default();
+        let mut seen = Vec::new();
+        for &(oid, value) in attributes {
+            let kind = match oid {
+                _ if seen.contains(&oid) => DnType::CustomDnType(oid.to_vec()),
+                [2, 5, 4, 3] => DnType::CommonName,
+                _ => DnType::OrganizationalUnitName,
+            };
+            seen.push(oid);
+            params.distinguished_name.push(kind, value);
+        }
+        let cert = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        identity_of(&[cert.der().clone()])
+    }
+
+    fn user(name: &str, role: Role) -> Option<ClientIdentity> {
+        Some(ClientIdentity {
+            user: name.to_owned(),
+            role,
+        })
+    }
+
+    #[test]
+    fn the_user_is_the_one_common_name() {
+        assert_eq!(
+            identity(&[(&COMMON_NAME, "alice")]),
+            user("alice", Role::User)
+        );
+        assert_eq!(identity(&[(&UNIT, "admin")]), None, "no Common Name");
+        assert_eq!(
+            identity(&[(&COMMON_NAME, "alice"), (&COMMON_NAME, "admin")]),
+            None,
+            "two Common Names name no one"
+        );
+        assert_eq!(identity(&[(&COMMON_NAME, "not a user!")]), None);
+    }
+
+    #[test]
+    fn only_a_sole_admin_unit_makes_an_admin() {
+        let cn = (&COMMON_NAME[..], "carol");
+        assert_eq!(
+            identity(&[cn, (&UNIT, "admin")]),
+            user("carol", Role::Admin)
+        );
+        assert_eq!(identity(&[cn, (&UNIT, "staff")]), user("carol", Role::User));
+        assert_eq!(identity(&[cn, (&UNIT, "Admin")]), user("carol", Role::User));
+        for units in [["staff", "admin"], ["admin", "staff"], ["admin", "admin"]] {
+            assert_eq!(
+                identity(&[cn, (&UNIT, units[0]), (&UNIT, units[1])]),
+                user("carol", Role::User),
+                "{units:?}"
+            );
+        }
     }
 }

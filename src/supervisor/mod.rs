@@ -131,6 +131,8 @@ impl App {
         if !config.no_hashes {
             let settings = HashSettings {
                 delay: config.hash_delay,
+                retention: config.hash_retention,
+                purge_every: config.purge_every,
             };
             let mut hashes =
                 bind_service::<Hashes>(context, config.hashes_addr, settings, None).await?;

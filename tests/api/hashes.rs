@@ -3,8 +3,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::helpers::{ANGRY_MONKEY, TestApp, call};
+use crate::helpers::{ANGRY_MONKEY, TestApp, call, eventually, run_cli};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use reqwest::header;
+use sha2::{Digest as _, Sha512};
 
 #[tokio::test]
 async fn a_hash_is_hidden_for_five_seconds_then_matches_the_contract_vector() {
@@ -275,4 +278,224 @@ async fn the_delay_is_a_setting() {
     app.clock.advance(Duration::from_millis(1));
     assert_eq!(app.get_hash(&id.to_string()).await.status(), 200);
     app.stop().await;
+}
+
+/// base64(SHA-512(`bytes`)), as `GET /hash/{id}` should answer for a password of `bytes`.
+fn hash_of(bytes: &[u8]) -> String {
+    STANDARD.encode(Sha512::digest(bytes))
+}
+
+impl TestApp {
+    /// `POST /hash` with `body` as it is, of `content_type`.
+    async fn post_raw(&self, content_type: &str, body: &[u8]) -> reqwest::Response {
+        self.client
+            .post(format!("{}/hash", self.hashes))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The ids of the hashes in the database, in order.
+    async fn stored_ids(&self) -> Vec<i64> {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.dir.path().join("warden.db"))
+            .read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let ids = sqlx::query_scalar("SELECT id FROM hashes ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        ids
+    }
+}
+
+#[tokio::test]
+async fn a_password_is_hashed_as_the_exact_bytes_the_client_sent() {
+    let app = TestApp::spawn().await;
+    const FORM: &str = "application/x-www-form-urlencoded";
+    let cases: [(&str, &[u8], &[u8]); 8] = [
+        (FORM, b"password=%FF", b"\xFF"),
+        (FORM, b"password=\xFF", b"\xFF"),
+        (FORM, b"password=%EF%BF%BD", "\u{FFFD}".as_bytes()),
+        (FORM, b"password=a+b", b"a b"),
+        (FORM, b"password=a%20b", b"a b"),
+        (FORM, b"user=x&password=%2B%26%3D&z=1", b"+&="),
+        (
+            "application/json",
+            br#"{"password":"\u00ff"}"#,
+            "\u{FF}".as_bytes(),
+        ),
+        (
+            "application/json",
+            "{\"password\":\"\u{FFFD}\"}".as_bytes(),
+            "\u{FFFD}".as_bytes(),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (content_type, body, password) in cases {
+        let response = app.post_raw(content_type, body).await;
+        assert_eq!(response.status(), 200, "{}", String::from_utf8_lossy(body));
+        ids.push((response.text().await.unwrap(), password, body));
+    }
+    let form = reqwest::multipart::Form::new().part(
+        "password",
+        reqwest::multipart::Part::bytes(vec![0xFF, 0xFE]),
+    );
+    let multipart = app
+        .client
+        .post(format!("{}/hash", app.hashes))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(multipart.status(), 200);
+    ids.push((multipart.text().await.unwrap(), b"\xFF\xFE", b"multipart"));
+
+    app.clock.advance(Duration::from_secs(5));
+    for (id, password, body) in ids {
+        let hash = app.get_hash(&id).await.text().await.unwrap();
+        assert_eq!(hash, hash_of(password), "{}", String::from_utf8_lossy(body));
+    }
+    assert_ne!(
+        hash_of(b"\xFF"),
+        hash_of("\u{FFFD}".as_bytes()),
+        "%FF is not the replacement character"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_json_body_that_is_not_utf8_is_400() {
+    let app = TestApp::spawn().await;
+    let (status, error) = call(
+        app.client
+            .post(format!("{}/hash", app.hashes))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(b"{\"password\":\"\xFF\"}".to_vec()),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error["error"].is_string());
+    assert_eq!(app.stats().await, (0, 0));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_retention_a_hash_is_kept_for_ever() {
+    let app = TestApp::spawn_with(&["--purge-every", "100ms"]).await;
+    let id = app.create_hash("angryMonkey").await;
+    app.clock.advance(Duration::from_secs(10 * 365 * 86_400));
+    assert_eq!(
+        app.get_hash(&id.to_string()).await.text().await.unwrap(),
+        ANGRY_MONKEY
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hashes_past_their_retention_are_deleted_and_their_ids_never_come_back() {
+    let app = TestApp::spawn_with(&["--hash-retention", "1h", "--purge-every", "100ms"]).await;
+    for n in 1..=3 {
+        assert_eq!(app.create_hash(&format!("old {n}")).await, n);
+    }
+    app.clock.advance(Duration::from_secs(30 * 60));
+    assert_eq!(app.create_hash("angryMonkey").await, 4);
+    app.clock.advance(Duration::from_secs(30 * 60));
+    for id in 1..=4 {
+        assert_eq!(
+            app.get_hash(&id.to_string()).await.status(),
+            200,
+            "{id} is an hour old at most"
+        );
+    }
+    let stats = app.stats().await;
+
+    app.clock.advance(Duration::from_millis(1));
+    for id in ["1", "2", "3"] {
+        let gone = app.get_hash(id).await;
+        assert_eq!(gone.status(), 404, "{id} is past its retention");
+        assert!(
+            gone.headers().get(header::RETRY_AFTER).is_none(),
+            "{id} will not come back"
+        );
+    }
+    assert_eq!(app.get_hash("4").await.text().await.unwrap(), ANGRY_MONKEY);
+    // The purge runs on real time, every 100 ms here; wait for one.
+    eventually(
+        "the purge deleted the old rows",
+        Duration::from_secs(10),
+        async || (app.stored_ids().await == [4]).then_some(()),
+    )
+    .await;
+    assert_eq!(app.stats().await, stats, "deleted hashes still count");
+
+    // Even the newest row deleted, its id is not given again, also across a restart.
+    assert_eq!(app.create_hash("new").await, 5);
+    app.clock.advance(Duration::from_secs(2 * 3600));
+    eventually(
+        "the purge deleted every row",
+        Duration::from_secs(10),
+        async || app.stored_ids().await.is_empty().then_some(()),
+    )
+    .await;
+    assert_eq!(app.create_hash("newer").await, 6);
+    let (dir, clock) = app.stop().await;
+    let app = TestApp::spawn_in(dir, clock, &["--hash-retention", "1h"]).await;
+    assert_eq!(app.create_hash("after restart").await, 7);
+    assert_eq!(app.stats().await.0, 7);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_purge_larger_than_one_step_deletes_every_old_hash() {
+    let app = TestApp::spawn_with(&["--hash-retention", "1h", "--purge-every", "100ms"]).await;
+    let url = format!("{}/hash", app.hashes);
+    let posts = (0..25).map(|batch| {
+        let (client, url) = (app.client.clone(), url.clone());
+        tokio::spawn(async move {
+            for n in 0..100 {
+                let response = client
+                    .post(&url)
+                    .form(&[("password", format!("{batch} {n}"))])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        })
+    });
+    for post in posts.collect::<Vec<_>>() {
+        post.await.unwrap();
+    }
+    app.clock.advance(Duration::from_secs(3600));
+    let kept = app.create_hash("kept").await;
+    app.clock.advance(Duration::from_millis(1));
+    eventually(
+        "2 500 old hashes were deleted",
+        Duration::from_secs(20),
+        async || (app.stored_ids().await == [kept]).then_some(()),
+    )
+    .await;
+    assert_eq!(app.stats().await.0, 2_501);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_retention_no_longer_than_the_delay_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    for (flags, env) in [
+        (&["--hash-retention", "5s"][..], &[][..]),
+        (&["--hash-delay", "1m"], &[("WARDEN_HASH_RETENTION", "30s")]),
+    ] {
+        let mut args = vec!["serve", "--data-dir", &data_dir];
+        args.extend_from_slice(flags);
+        let (code, _, stderr) = run_cli(&args, env).await;
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--hash-retention"), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
 }

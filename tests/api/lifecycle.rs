@@ -1,8 +1,9 @@
-//! The supervisor's lifecycle in-process: health, the data-dir lock, and the graceful drain.
+//! The supervisor's lifecycle in-process: health, the data-dir lock, and the graceful drain;
+//! and the log files `warden serve` keeps (the real binary: only it installs the logger).
 
 use std::time::Duration;
 
-use crate::helpers::{self, TestApp, call};
+use crate::helpers::{self, TestApp, WardenProcess, call, run_cli};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden::config::Config;
@@ -139,4 +140,73 @@ async fn the_data_directory_is_private_to_warden_s_user() {
         "the token key and every job's output live in there"
     );
     app.stop().await;
+}
+
+/// Today's (UTC) log file name, as the daily appender writes it.
+fn todays_log() -> String {
+    let today = time::OffsetDateTime::now_utc().date();
+    format!(
+        "warden.{:04}-{:02}-{:02}.log",
+        today.year(),
+        u8::from(today.month()),
+        today.day()
+    )
+}
+
+#[tokio::test]
+async fn at_start_warden_keeps_only_the_newest_daily_log_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // Newest first, so creation times say the opposite of the names: the names rule.
+    for day in (1..=20).rev() {
+        std::fs::write(logs.join(format!("warden.2025-01-{day:02}.log")), "old\n").unwrap();
+    }
+    std::fs::write(logs.join("notes.txt"), "not a log\n").unwrap();
+    let before = todays_log();
+
+    let mut warden = WardenProcess::start(dir.path(), &["--log-retention", "5"]).await;
+    let after = todays_log();
+    let mut kept: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    let today = if kept.contains(&after) { after } else { before };
+    let mut expected = vec![
+        "notes.txt".to_owned(),
+        "warden.2025-01-17.log".to_owned(),
+        "warden.2025-01-18.log".to_owned(),
+        "warden.2025-01-19.log".to_owned(),
+        "warden.2025-01-20.log".to_owned(),
+        today,
+    ];
+    expected.sort();
+    assert_eq!(
+        kept, expected,
+        "four old days and today's, and nothing that is not a log"
+    );
+    warden.signal("TERM").await;
+    assert_eq!(warden.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn a_log_retention_of_zero_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    for (flags, env) in [
+        (&["--log-retention", "0"][..], &[][..]),
+        (&[], &[("WARDEN_LOG_RETENTION", "0")]),
+    ] {
+        let mut args = vec!["serve", "--data-dir", &data_dir];
+        args.extend_from_slice(flags);
+        let (code, _, stderr) = run_cli(&args, env).await;
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains("--log-retention"), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+    assert!(
+        !dir.path().join("logs").exists(),
+        "nothing was pruned or written"
+    );
 }

@@ -344,3 +344,115 @@ async fn the_cli_works_over_mutual_tls_with_no_set_up() {
     assert_eq!(code, Some(1), "a client of another PKI");
     assert!(stderr.contains("cannot reach"), "{stderr}");
 }
+
+/// A client whose certificate, signed by `app`'s dev CA, has the subject `attributes` in
+/// order: `("CN", …)` or `("OU", …)`, repeats allowed.
+fn client_with_subject(app: &TestApp, attributes: &[(&str, &str)]) -> reqwest::Client {
+    let pki = pki(app);
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.dir.join("ca.key")).unwrap())
+            .unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.ca()).unwrap(), ca_key)
+            .unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    let mut seen = Vec::new();
+    for &(kind, value) in attributes {
+        let (named, oid) = match kind {
+            "CN" => (rcgen::DnType::CommonName, vec![2, 5, 4, 3]),
+            "OU" => (rcgen::DnType::OrganizationalUnitName, vec![2, 5, 4, 11]),
+            other => panic!("no attribute {other}"),
+        };
+        // rcgen keeps one value per attribute type; a repeat goes in under its bare OID.
+        let dn_type = if seen.contains(&kind) {
+            rcgen::DnType::CustomDnType(oid)
+        } else {
+            named
+        };
+        seen.push(kind);
+        params.distinguished_name.push(dn_type, value);
+    }
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots(&pki.ca()))
+        .with_client_auth_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    with_tls(tls)
+}
+
+#[tokio::test]
+async fn a_certificate_with_two_common_names_is_refused() {
+    let app = spawn_tls().await;
+    let alice = client_with_subject(&app, &[("CN", "alice")]);
+    let (status, _) = call(&alice, &app, reqwest::Method::GET, "/jobs", None).await;
+    assert_eq!(status, 200, "one Common Name is a user");
+
+    for subject in [
+        [("CN", "alice"), ("CN", "admin")],
+        [("CN", "admin"), ("CN", "alice")],
+    ] {
+        let twice = client_with_subject(&app, &subject);
+        let response = twice
+            .post(format!("{}/jobs", app.jobs))
+            .json(&json!({"command": "touch", "args": ["/tmp/never"]}))
+            .send()
+            .await;
+        assert!(
+            response.is_err(),
+            "{subject:?} got through: {:?}",
+            response.map(|r| r.status())
+        );
+    }
+    let admin = client(&pki(&app).ca(), &pki(&app).client("admin"));
+    let (_, jobs) = call(&admin, &app, reqwest::Method::GET, "/jobs", None).await;
+    assert_eq!(jobs, json!([]), "nothing was queued by a refused client");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_a_subject_whose_sole_unit_is_admin_sees_every_job() {
+    let app = spawn_tls().await;
+    let alice = client_with_subject(&app, &[("CN", "alice")]);
+    let alices = start(&alice, &app, "a").await;
+
+    // Several units, one of them admin: a plain user.
+    let staff = client_with_subject(&app, &[("CN", "mallory"), ("OU", "staff"), ("OU", "admin")]);
+    let mallorys = start(&staff, &app, "m").await;
+    let (_, seen) = call(&staff, &app, reqwest::Method::GET, "/jobs", None).await;
+    let owners: Vec<&Value> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| &job["owner"])
+        .collect();
+    assert_eq!(owners, [&json!("mallory")], "only its own job: {seen}");
+    let path = format!("/jobs/{alices}");
+    let (status, _) = call(&staff, &app, reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 404, "another's job is hidden");
+
+    // `admin` as the only unit: an admin, whatever the Common Name.
+    let root = client_with_subject(&app, &[("CN", "root"), ("OU", "admin")]);
+    let (_, all) = call(&root, &app, reqwest::Method::GET, "/jobs", None).await;
+    let mut ids: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut expected = [alices.as_str(), mallorys.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "an admin sees everyone's jobs: {all}");
+    let (status, job) = call(&root, &app, reqwest::Method::GET, &path, None).await;
+    assert_eq!((status, &job["owner"]), (StatusCode::OK, &json!("alice")));
+    app.stop().await;
+}
