@@ -9,14 +9,14 @@ use warden::security::principal::Role;
 
 /// A client of one user of the jobs listener.
 #[derive(Clone)]
-struct User {
+pub(crate) struct User {
     client: reqwest::Client,
     base: String,
-    token: String,
+    pub(crate) token: String,
 }
 
 impl User {
-    async fn new(app: &TestApp, name: &str, role: Role) -> Self {
+    pub(crate) async fn new(app: &TestApp, name: &str, role: Role) -> Self {
         Self {
             client: app.client.clone(),
             base: app.jobs.clone(),
@@ -24,7 +24,12 @@ impl User {
         }
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -36,7 +41,7 @@ impl User {
     }
 
     /// Queues `command args…`; returns the job id.
-    async fn start(&self, command: &str, args: &[&str]) -> String {
+    pub(crate) async fn start(&self, command: &str, args: &[&str]) -> String {
         let (status, job) = self
             .call(
                 Method::POST,
@@ -48,7 +53,7 @@ impl User {
         job["id"].as_str().unwrap().to_owned()
     }
 
-    async fn job(&self, id: &str) -> Value {
+    pub(crate) async fn job(&self, id: &str) -> Value {
         let (status, job) = self.call(Method::GET, &format!("/jobs/{id}"), None).await;
         assert_eq!(status, 200, "{job}");
         job
@@ -65,7 +70,7 @@ impl User {
     }
 
     /// Follows job `id` to its end; returns all its output.
-    async fn wait(&self, id: &str) -> Vec<u8> {
+    pub(crate) async fn wait(&self, id: &str) -> Vec<u8> {
         let response = self.output(id, "?follow=true").await;
         assert_eq!(response.status(), 200);
         let body = tokio::time::timeout(Duration::from_secs(30), response.bytes())

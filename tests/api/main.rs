@@ -20,6 +20,7 @@
 mod faults;
 mod hashes;
 mod helpers;
+mod job_retention;
 mod jobs;
 mod lifecycle;
 mod migrations;
