@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::store::JobRow;
+use crate::error::{Error, Result};
 
 /// Where a job is in its life. `queued` and `running` are the only ones it leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
@@ -140,6 +141,36 @@ impl Ending {
             error: Some(error),
             truncated,
         }
+    }
+}
+
+/// The body of `POST /jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub name: Option<String>,
+}
+
+impl NewJob {
+    /// 400 unless the request can be queued as it is.
+    pub fn check(&self) -> Result<()> {
+        let bad = |message: &str| Err(Error::BadRequest(message.to_owned()));
+        if self.command.is_empty() {
+            return bad("`command` must not be empty");
+        }
+        if self.command.len() > 4096 || self.args.len() > 4096 {
+            return bad("`command` or `args` is too long");
+        }
+        if self.command.contains('\0') || self.args.iter().any(|arg| arg.contains('\0')) {
+            return bad("`command` and `args` must not contain NUL bytes");
+        }
+        if self.name.as_ref().is_some_and(|name| name.len() > 256) {
+            return bad("`name` must be at most 256 bytes");
+        }
+        Ok(())
     }
 }
 

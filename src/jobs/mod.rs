@@ -34,7 +34,7 @@ use crate::http::{PathParams, QueryParams, read_body};
 use crate::security::principal::Principal;
 use crate::security::tokens::TokenKeys;
 use crate::service::{Context, Service};
-use job::{Job, JobStatus};
+use job::{Job, JobStatus, NewJob};
 use output::OutputReader;
 use retention::Retention;
 use runner::Runner;
@@ -115,35 +115,6 @@ impl Service for Jobs {
             .route("/jobs/{id}/output", get(read_output))
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(self)
-    }
-}
-
-/// The body of `POST /jobs`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewJob {
-    command: String,
-    #[serde(default)]
-    args: Vec<String>,
-    name: Option<String>,
-}
-
-impl NewJob {
-    fn check(&self) -> Result<()> {
-        let bad = |message: &str| Err(Error::BadRequest(message.to_owned()));
-        if self.command.is_empty() {
-            return bad("`command` must not be empty");
-        }
-        if self.command.len() > 4096 || self.args.len() > 4096 {
-            return bad("`command` or `args` is too long");
-        }
-        if self.command.contains('\0') || self.args.iter().any(|arg| arg.contains('\0')) {
-            return bad("`command` and `args` must not contain NUL bytes");
-        }
-        if self.name.as_ref().is_some_and(|name| name.len() > 256) {
-            return bad("`name` must be at most 256 bytes");
-        }
-        Ok(())
     }
 }
 
