@@ -111,6 +111,24 @@ pub struct Config {
     /// How many daily log files `logs/` in the data dir keeps, today's included (at least 1).
     #[arg(long, env = "WARDEN_LOG_RETENTION", default_value = "14")]
     pub log_retention: usize,
+    /// How long a client gets to send a whole request head, from its first byte (or from
+    /// the connection's start); then the connection is closed.
+    #[arg(long, env = "WARDEN_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How long a client gets to send a whole request body, from the end of its head; then
+    /// the request is answered 408.
+    #[arg(long, env = "WARDEN_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// How long a kept-alive connection may wait for its next request, or a client take
+    /// none of its response, before it is closed.
+    #[arg(long, env = "WARDEN_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How many connections each listener holds open at once; past it, new clients wait.
+    #[arg(long, env = "WARDEN_MAX_CONNECTIONS", default_value = "1024")]
+    pub max_connections: usize,
 
     /// Log line format on stderr and in the log file.
     #[arg(long, env = "WARDEN_LOG_FORMAT", default_value = "human")]
@@ -210,6 +228,28 @@ impl Config {
             return Err(
                 "invalid --job-output-limit (WARDEN_JOB_OUTPUT_LIMIT): must be more than 0".into(),
             );
+        }
+        for (zero, setting) in [
+            (
+                self.header_timeout.is_zero(),
+                "--header-timeout (WARDEN_HEADER_TIMEOUT)",
+            ),
+            (
+                self.body_timeout.is_zero(),
+                "--body-timeout (WARDEN_BODY_TIMEOUT)",
+            ),
+            (
+                self.idle_timeout.is_zero(),
+                "--idle-timeout (WARDEN_IDLE_TIMEOUT)",
+            ),
+            (
+                self.max_connections == 0,
+                "--max-connections (WARDEN_MAX_CONNECTIONS)",
+            ),
+        ] {
+            if zero {
+                return Err(format!("invalid {setting}: must be more than 0"));
+            }
         }
         if self.jobs_tls == JobsTls::Off && !self.no_jobs && !self.jobs_addr.ip().is_loopback() {
             return Err(format!(

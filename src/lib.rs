@@ -10,7 +10,9 @@
 //! - [`config`]: every setting of `warden serve`, from flags and `WARDEN_*` variables.
 //! - [`supervisor`] (`supervisor/mod.rs`): builds the services, binds one listener each,
 //!   serves, and drains on SIGTERM, SIGINT or `/shutdown`; `supervisor/listeners.rs`: binding,
-//!   plain and mutual-TLS serving, and the layers every listener shares.
+//!   the accept loop (plain or mutual TLS, with its connection cap), and the layers every
+//!   listener shares; `supervisor/connections.rs`: one connection's timeouts and its bound in
+//!   the drain.
 //! - [`service`]: the one shape of a service (started from a context and its settings, then
 //!   a router).
 //! - [`db`]: the SQLite file (WAL, `synchronous`, foreign keys, busy timeout), migrations

@@ -5,7 +5,8 @@
 //! Invariants: bytes are stored in arrival order at their offset in the whole output; only
 //! committed bytes are ever served; a follower is woken by a watch channel when output is
 //! committed, never by polling; memory per job and per reader is bounded (a few chunks)
-//! however fast the job writes or however slow a client reads.
+//! however fast the job writes or however slow a client reads; every reader is cut short
+//! when the drain begins.
 
 use std::collections::VecDeque;
 
@@ -192,6 +193,10 @@ async fn read_pipe(mut pipe: impl AsyncRead + Unpin, pieces: mpsc::Sender<Bytes>
 /// Reads a job's output a few chunks at a time, as the client takes it: from the followers'
 /// window at the live edge, from SQLite behind it. Memory stays bounded however slow the
 /// client; a client that goes away just drops this (and with it its [`Following`]).
+///
+/// Once the drain begins, every reader, following or not, ends where it is, with an error:
+/// the response is cut short rather than ended, so no client takes what it got for the whole
+/// output (it can come back for the rest with `?offset=`), and no stream holds the drain open.
 pub struct OutputReader {
     reads: SqlitePool,
     seq: i64,
@@ -205,7 +210,8 @@ pub struct OutputReader {
 
 impl OutputReader {
     /// A reader of job `seq`'s output from `offset`; with `following`, it goes on as output
-    /// is committed and ends when the job does, or when `shutdown` is cancelled.
+    /// is committed and ends when the job does. Either way it is cut short when `shutdown`
+    /// is cancelled.
     pub fn new(
         reads: SqlitePool,
         seq: i64,
@@ -233,6 +239,11 @@ impl OutputReader {
 
     async fn next(mut self) -> Option<(std::io::Result<Bytes>, Self)> {
         loop {
+            if self.shutdown.is_cancelled() && !self.done {
+                self.done = true;
+                self.ready.clear();
+                return Some((Err(std::io::Error::other("warden is shutting down")), self));
+            }
             if let Some(bytes) = self.ready.pop_front() {
                 return Some((Ok(bytes), self));
             }
@@ -285,8 +296,8 @@ impl OutputReader {
                         self.following = None;
                     }
                 }
-                // Shutting down: what is stored so far, then the end.
-                () = self.shutdown.cancelled() => self.following = None,
+                // Shutting down: the top of the loop cuts the stream.
+                () = self.shutdown.cancelled() => {}
             }
         }
     }

@@ -7,8 +7,12 @@
 //! shutdown token is cancelled (SIGTERM, SIGINT or `/shutdown`), then drains in order:
 //! stop accepting, answer 503 to anything new, let in-flight requests and the writer queues
 //! finish, checkpoint the WAL, and last close the admin listener, which answers `draining`
-//! until then.
+//! until then. A connection that waits on its client gets the close grace (a quarter of the
+//! drain timeout, at most 5 s) once the drain has begun, so a client that will not take its
+//! response cannot make the drain time out; the writers finish after every connection is
+//! gone, so every acknowledged write is committed before the run ends.
 
+mod connections;
 mod listeners;
 
 use std::net::SocketAddr;
@@ -31,10 +35,16 @@ use crate::registry::{self, Registry, RegistrySettings};
 use crate::security::pki::{DevPki, PkiError};
 use crate::security::tls::{TlsError, server_config};
 use crate::service::{Context, Service};
-use listeners::{bind, refuse_when_draining, serve_listener, serve_tls, with_common_layers};
+use connections::Limits;
+use listeners::{Transport, bind, refuse_when_draining, serve_listener, with_common_layers};
 
 /// How long the database gets to close after a drain that timed out.
 const CLOSE_AFTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest close grace: how long, once the drain has begun, a connection may still wait
+/// on its client (see `connections.rs`).
+const CLOSE_GRACE_MAX: Duration = Duration::from_secs(5);
+/// File descriptors warden needs beside its connections: the database, logs, job pipes.
+const FILES_BESIDE_CONNECTIONS: usize = 256;
 
 /// Why warden could not start.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +250,14 @@ impl App {
             admin_listener,
         } = self;
 
+        let limits = Limits {
+            header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
+            idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections,
+            close_grace: close_grace(config.drain_timeout),
+        };
+        make_room_for_connections((services.len() + 1).saturating_mul(limits.max_connections));
         for BoundService {
             name,
             listener,
@@ -252,18 +270,13 @@ impl App {
             }
             admin.services.set(name, ServiceState::Up);
             let board = admin.services.clone();
-            let stop = shutdown.clone();
+            let transport = tls.map_or(Transport::Plain, Transport::Tls);
             let router = with_common_layers(router, name);
+            let served =
+                serve_listener(name, listener, router, transport, limits, shutdown.clone());
             tasks.spawn(async move {
-                let served = match tls {
-                    Some(tls) => serve_tls(listener, router, tls, stop.clone()).await,
-                    None => serve_listener(listener, router, stop.clone().cancelled_owned()).await,
-                };
+                served.await;
                 board.set(name, ServiceState::Down);
-                if let Err(error) = served {
-                    tracing::error!(service = name, %error, "listener failed; shutting down");
-                    stop.cancel();
-                }
             });
         }
 
@@ -273,9 +286,12 @@ impl App {
         let admin_stop = CancellationToken::new();
         let admin_router = with_common_layers(admin::router(admin), "admin");
         let admin_server = tokio::spawn(serve_listener(
+            "admin",
             admin_listener,
             admin_router,
-            admin_stop.clone().cancelled_owned(),
+            Transport::Plain,
+            limits,
+            admin_stop.clone(),
         ));
 
         shutdown.cancelled().await;
@@ -293,7 +309,7 @@ impl App {
             tracing::error!("the database did not close after the drain timed out");
         }
         admin_stop.cancel();
-        if let Ok(Err(error)) = admin_server.await {
+        if let Err(error) = admin_server.await {
             tracing::error!(%error, "admin listener failed");
         }
         if drained {
@@ -351,6 +367,37 @@ where
         router,
         tls,
     })
+}
+
+/// How long, once the drain has begun, a connection may still wait on its client: a quarter
+/// of the drain timeout, at most [`CLOSE_GRACE_MAX`], so that the writers and the jobs still
+/// have most of the drain after the last connection is gone.
+fn close_grace(drain_timeout: Duration) -> Duration {
+    (drain_timeout / 4).min(CLOSE_GRACE_MAX)
+}
+
+/// Raises the soft open-file limit as far as `connections` (every listener's cap) and warden's
+/// own files need, within the hard limit; warns if that is still too low, since past it an
+/// `accept()` fails (new clients wait) and jobs cannot get their pipes.
+fn make_room_for_connections(connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted =
+        u64::try_from(connections.saturating_add(FILES_BESIDE_CONNECTIONS)).unwrap_or(u64::MAX);
+    let Ok((mut soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < wanted && setrlimit(Resource::RLIMIT_NOFILE, wanted.min(hard), hard).is_ok() {
+        soft = wanted.min(hard);
+    }
+    if soft < wanted {
+        tracing::warn!(
+            open_files = soft,
+            wanted,
+            "the open-file limit is below what --max-connections allows on every listener: \
+             past it new connections wait and jobs may fail to start; lower \
+             --max-connections or raise `ulimit -n`"
+        );
+    }
 }
 
 /// Builds and runs warden as `warden serve` does: SIGTERM and SIGINT start the drain.

@@ -9,6 +9,8 @@
 //!   and `read_until` (a streamed body up to some text);
 //! - `hashes`, `registry`, `jobs`: each service's HTTP contract;
 //! - `tls`: mutual TLS on the jobs listener;
+//! - `connections`: every listener's header, body and idle timeouts, its connection cap, the
+//!   drain's bound on clients that do not read, and how refused TLS connections are logged;
 //! - `lifecycle`: health, the data-dir lock and the graceful drain, in-process;
 //! - `process`: the binary as an operator runs it: settings, signals, kill -9, the CLI;
 //! - `migrations`: databases from earlier releases (dumps in `tests/fixtures/`) upgrade
@@ -18,6 +20,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 
 mod faults;
+mod connections;
 mod hashes;
 mod helpers;
 mod job_retention;
