@@ -8,11 +8,13 @@
 //!   client commands `jobs`, `hash` and `stats` (`cli/clients.rs`), and `serve`'s logging
 //!   (`cli/logging.rs`).
 //! - [`config`]: every setting of `warden serve`, from flags and `WARDEN_*` variables.
-//! - [`supervisor`] (`supervisor/mod.rs`): builds the services, binds one listener each,
-//!   serves, and drains on SIGTERM, SIGINT or `/shutdown`; `supervisor/listeners.rs`: binding,
-//!   the accept loop (plain or mutual TLS, with its connection cap), and the layers every
-//!   listener shares; `supervisor/connections.rs`: one connection's timeouts and its bound in
-//!   the drain.
+//! - [`supervisor`]: builds the services, binds one listener each, serves, and drains on
+//!   SIGTERM, SIGINT or `/shutdown` (`supervisor/mod.rs`); the accept loop every listener
+//!   runs and the layers they share (`supervisor/listeners.rs`); each connection's
+//!   timeouts and its share of the drain (`supervisor/connections.rs`, with the body-read
+//!   deadline in `supervisor/deadline.rs`); warnings held to one line per interval
+//!   (`supervisor/reports.rs`); what is taken from the host at start: TLS files or the dev
+//!   PKI, the volume's free space, the open-file limit (`supervisor/host.rs`).
 //! - [`service`]: the one shape of a service (started from a context and its settings, then
 //!   a router).
 //! - [`db`]: the SQLite file (WAL, `synchronous`, foreign keys, busy timeout), migrations
@@ -29,10 +31,12 @@
 //!   (`retention.rs`), and the CLI's client (`client.rs`).
 //! - [`registry`]: heartbeat discovery: router (`mod.rs`), SQL (`store.rs`) and the purge
 //!   job (`purge.rs`).
-//! - [`jobs`]: the job runner: router (`mod.rs`); a job's status, ending and API record
-//!   (`job.rs`); SQL (`store.rs`); workers, claims and recovery (`runner.rs`); spawning,
-//!   signalling and finding processes (`process.rs`); the output pump, the followers' window
-//!   and the output reader (`output.rs`); the CLI's client (`client.rs`).
+//! - [`jobs`]: the job runner: router (`mod.rs`); a job's request, status, ending and API
+//!   record (`job.rs`); SQL of jobs (`store/mod.rs`), of their output (`store/output.rs`)
+//!   and of deleting them (`store/deletion.rs`); workers, claims and recovery (`runner.rs`);
+//!   spawning, signalling and finding processes (`process.rs`); the output pump, the
+//!   followers' window and the output reader (`output.rs`); deleting jobs past
+//!   `--job-retention` or by `DELETE` (`retention.rs`); the CLI's client (`client.rs`).
 //! - [`security`]: who a caller is (`principal.rs`), bearer tokens (`tokens.rs`), the
 //!   development PKI (`pki.rs`), and TLS configuration and identity (`tls.rs`).
 //! - [`admin`]: `GET /healthz` and `/shutdown`.

@@ -13,7 +13,10 @@
 //! gone, so every acknowledged write is committed before the run ends.
 
 mod connections;
+mod deadline;
+mod host;
 mod listeners;
+mod reports;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,10 +35,11 @@ use crate::error::StorageFault;
 use crate::hashes::{HashSettings, Hashes};
 use crate::jobs::{JobSettings, Jobs};
 use crate::registry::{self, Registry, RegistrySettings};
-use crate::security::pki::{DevPki, PkiError};
-use crate::security::tls::{TlsError, server_config};
+use crate::security::pki::PkiError;
+use crate::security::tls::TlsError;
 use crate::service::{Context, Service};
 use connections::Limits;
+use host::{jobs_tls, make_room_for_connections, max_db_size};
 use listeners::{Transport, bind, refuse_when_draining, serve_listener, with_common_layers};
 
 /// How long the database gets to close after a drain that timed out.
@@ -43,8 +47,6 @@ const CLOSE_AFTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest close grace: how long, once the drain has begun, a connection may still wait
 /// on its client (see `connections.rs`).
 const CLOSE_GRACE_MAX: Duration = Duration::from_secs(5);
-/// File descriptors warden needs beside its connections: the database, logs, job pipes.
-const FILES_BESIDE_CONNECTIONS: usize = 256;
 
 /// Why warden could not start.
 #[derive(Debug, thiserror::Error)]
@@ -321,29 +323,6 @@ impl App {
     }
 }
 
-/// `--max-db-size`, or by default the database's size now plus 80% of the free space on its
-/// volume; unbounded if the volume cannot be asked.
-async fn max_db_size(config: &Config, db: &Database) -> u64 {
-    if let Some(size) = config.max_db_size {
-        return size;
-    }
-    let used = db.used_bytes().await.unwrap_or(0);
-    match crate::db::free_space(&config.data_dir) {
-        Ok(free) => {
-            let size = used.saturating_add(free / 5 * 4);
-            tracing::info!(
-                max_db_size = size,
-                "job output is refused past this database size"
-            );
-            size
-        }
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the volume's free space; --max-db-size is unbounded");
-            u64::MAX
-        }
-    }
-}
-
 /// Binds service `S`'s listener at `addr`, then starts it: a port in use fails before any
 /// of the service's tasks exist. Its router refuses new work once the drain has begun.
 async fn bind_service<S: Service>(
@@ -374,30 +353,6 @@ where
 /// have most of the drain after the last connection is gone.
 fn close_grace(drain_timeout: Duration) -> Duration {
     (drain_timeout / 4).min(CLOSE_GRACE_MAX)
-}
-
-/// Raises the soft open-file limit as far as `connections` (every listener's cap) and warden's
-/// own files need, within the hard limit; warns if that is still too low, since past it an
-/// `accept()` fails (new clients wait) and jobs cannot get their pipes.
-fn make_room_for_connections(connections: usize) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let wanted =
-        u64::try_from(connections.saturating_add(FILES_BESIDE_CONNECTIONS)).unwrap_or(u64::MAX);
-    let Ok((mut soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
-    };
-    if soft < wanted && setrlimit(Resource::RLIMIT_NOFILE, wanted.min(hard), hard).is_ok() {
-        soft = wanted.min(hard);
-    }
-    if soft < wanted {
-        tracing::warn!(
-            open_files = soft,
-            wanted,
-            "the open-file limit is below what --max-connections allows on every listener: \
-             past it new connections wait and jobs may fail to start; lower \
-             --max-connections or raise `ulimit -n`"
-        );
-    }
 }
 
 /// Builds and runs warden as `warden serve` does: SIGTERM and SIGINT start the drain.
@@ -441,19 +396,4 @@ async fn drain_on_signal(shutdown: CancellationToken) {
             shutdown.cancel();
         }
     }
-}
-
-/// The jobs listener's TLS: the operator's files where given, the dev PKI (made on first
-/// start) for the rest.
-fn jobs_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, StartError> {
-    let pki = DevPki::of(&config.data_dir);
-    let needs_pki = config.tls_cert.is_none() || config.client_ca.is_none();
-    if needs_pki && pki.ensure()? {
-        tracing::info!(dir = %pki.dir.display(), "made a development PKI");
-    }
-    let server = pki.server();
-    let cert = config.tls_cert.clone().unwrap_or(server.cert);
-    let key = config.tls_key.clone().unwrap_or(server.key);
-    let client_ca = config.client_ca.clone().unwrap_or_else(|| pki.ca());
-    Ok(server_config(&cert, &key, &client_ca)?)
 }
