@@ -20,13 +20,19 @@ use serde_json::Value;
 
 use crate::clock::{Clock, millis};
 use crate::db::{Database, Writer};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorBody, Result};
 use crate::http::{PathParams, read_body};
 use crate::service::{Context, Service};
 use store::{Heartbeat, Instance, RecordHeartbeats};
 
-/// The most a heartbeat body (its meta) may weigh.
+/// The most a heartbeat body may weigh. More than [`META_LIMIT`]: the body may carry other
+/// keys beside `"meta"`, which are ignored, and whitespace and escapes that the stored meta
+/// does not keep.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The most an instance's meta may weigh as stored: its JSON object text, compacted. It bounds
+/// what every listing of a group holds in memory per instance.
+pub const META_LIMIT: usize = 8 * 1024;
 
 /// Why the registry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +159,9 @@ async fn heartbeat(
     check_names(&group, Some(&id))?;
     let body = read_body(request, BODY_LIMIT).await?;
     let meta = meta_of(&body)?;
+    if meta.as_ref().is_some_and(|meta| meta.len() > META_LIMIT) {
+        return Ok(meta_too_large());
+    }
     let registered = registry
         .writer
         .submit(Heartbeat { group, id, meta })
@@ -200,6 +209,17 @@ async fn list_groups(State(registry): State<Registry>) -> Result<Response> {
 /// A response whose body is JSON that SQLite already built.
 fn json_body(json: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+}
+
+/// 413 for a meta over [`META_LIMIT`]; its body may well be within [`BODY_LIMIT`].
+fn meta_too_large() -> Response {
+    let error =
+        format!("the meta is larger than the limit of {META_LIMIT} bytes (as compact JSON text)");
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Json(ErrorBody { error: &error }),
+    )
+        .into_response()
 }
 
 /// `DELETE /{group}/{id}`: 204; 404 if there is no live instance.

@@ -33,6 +33,12 @@ impl TestApp {
     }
 }
 
+/// A meta object whose compact JSON text is exactly `bytes` long.
+fn meta_of_length(bytes: usize) -> String {
+    let filler = bytes - r#"{"blob":""}"#.len();
+    format!(r#"{{"blob":"{}"}}"#, "x".repeat(filler))
+}
+
 #[tokio::test]
 async fn first_heartbeat_creates_and_later_ones_refresh() {
     let app = TestApp::spawn().await;
@@ -405,5 +411,49 @@ async fn bad_input_is_a_4xx_and_stores_nothing() {
     assert_eq!(response.headers()[header::ALLOW], "POST,GET,HEAD,DELETE");
 
     assert_eq!(app.get("/").await.1, json!([]), "nothing was stored");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_meta_over_8_kib_is_413_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let over = meta_of_length(8 * 1024 + 1);
+    let (status, error) = app.beat("g", "new", Some(&over)).await;
+    assert_eq!(status, 413);
+    assert!(
+        error["error"].as_str().unwrap().contains("8192 bytes"),
+        "the error says the limit: {error}"
+    );
+    assert_eq!(app.get("/g/new").await.0, 404, "no instance was created");
+    assert_eq!(app.get("/").await.1, json!([]));
+
+    let (_, before) = app.beat("g", "old", Some(r#"{"v":1}"#)).await;
+    app.clock.advance(Duration::from_secs(1));
+    let wrapped = format!(r#"{{"meta":{over},"other":"ignored"}}"#);
+    let (status, error) = app.beat("g", "old", Some(&wrapped)).await;
+    assert_eq!(status, 413);
+    assert!(error["error"].is_string(), "{error}");
+    assert_eq!(
+        app.get("/g/old").await.1,
+        before,
+        "the instance keeps its meta and its updatedAt"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_meta_of_exactly_8_kib_as_stored_is_accepted_whatever_the_body_weighs() {
+    let app = TestApp::spawn().await;
+    let exact = meta_of_length(8 * 1024);
+    // Spaces and an ignored key make the body larger than the meta it stores.
+    let body = format!(
+        r#"{{ "meta" : {exact} , "padding" : "{}" }}"#,
+        "p".repeat(4096)
+    );
+    let (status, created) = app.beat("g", "full", Some(&body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["meta"].to_string(), exact);
+    assert_eq!(app.get("/g/full").await.1, created);
+    assert_eq!(app.list("/g").await, [created]);
     app.stop().await;
 }
