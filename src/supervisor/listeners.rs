@@ -117,6 +117,14 @@ pub async fn serve_listener(
     router: Router,
     stop: tokio_util::sync::WaitForCancellationFutureOwned,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // No Nagle: a body streamed in parts (a listing read in pages) would otherwise wait for
+    // the client's delayed ACK, up to 40 ms, before each part after the first.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
