@@ -215,48 +215,108 @@ pub async fn find(
     .transpose()
 }
 
-/// The live instances of `group` by id, as a JSON array ready to send.
+/// One page of a listing, as SQLite built it: the page's items as a JSON array (`[]` when
+/// there are none), how many there are, the key of the last one (where the next page
+/// starts), and whether there was anything after it when the page was read.
 ///
-/// SQLite builds the JSON: one row crosses from SQLite's thread instead of one per instance.
-pub async fn list_group_json(
+/// SQLite builds the JSON: one row per page crosses from SQLite's thread instead of one per
+/// item. Knowing `more` up front lets a listing of one page go out whole, and the last page
+/// carry the array's end.
+#[derive(Debug)]
+pub struct Page {
+    pub json: String,
+    pub items: i64,
+    pub last: Option<String>,
+    pub more: bool,
+}
+
+/// Up to `limit` live instances of `group` with an id after `after`, by id.
+///
+/// A walk of the primary key from `(group, after)`; the liveness filter comes before the
+/// limit, so expired instances never cut a page short.
+pub async fn instances_page(
     reads: &SqlitePool,
     group: &str,
+    after: &str,
     live_after: i64,
-) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT json_group_array(
-                      json_object('id', id, 'group', group_name, 'createdAt', created_at_ms,
-                                  'updatedAt', updated_at_ms, 'meta', json(meta))
-                      ORDER BY id
-                  ) AS "instances!: String"
-           FROM instances
-           WHERE group_name = ?1 AND updated_at_ms > ?2"#,
+    limit: i64,
+) -> Result<Page, sqlx::Error> {
+    sqlx::query_as!(
+        Page,
+        r#"SELECT json AS "json!: String",
+                  items AS "items!: i64",
+                  last AS "last: String",
+                  EXISTS (SELECT 1 FROM instances
+                          WHERE group_name = ?1 AND id > last AND updated_at_ms > ?3)
+                      AS "more!: bool"
+           FROM (
+               SELECT json_group_array(
+                          json_object('id', id, 'group', group_name,
+                                      'createdAt', created_at_ms, 'updatedAt', updated_at_ms,
+                                      'meta', json(meta))
+                          ORDER BY id
+                      ) AS json,
+                      count(*) AS items,
+                      max(id) AS last
+               FROM (
+                   SELECT id, group_name, created_at_ms, updated_at_ms, meta
+                   FROM instances
+                   WHERE group_name = ?1 AND id > ?2 AND updated_at_ms > ?3
+                   ORDER BY id
+                   LIMIT ?4
+               )
+           )"#,
         group,
-        live_after
+        after,
+        live_after,
+        limit
     )
     .fetch_one(reads)
     .await
 }
 
-/// Every group with a live instance, by name, as a JSON array ready to send: one scan in
-/// key order, already grouped.
-pub async fn list_groups_json(reads: &SqlitePool, live_after: i64) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT json_group_array(
-                      json_object('group', group_name, 'instances', instances,
-                                  'createdAt', created_at_ms, 'lastUpdatedAt', last_updated_at_ms)
-                      ORDER BY group_name
-                  ) AS "groups!: String"
+/// Up to `limit` groups named after `after` that have a live instance, by name, each with
+/// its count of live instances, the earliest `createdAt` and the latest heartbeat among them.
+///
+/// A walk of the primary key from `after`, already grouped; only live instances are
+/// aggregated, so a group with none is neither listed nor counted against the limit.
+pub async fn groups_page(
+    reads: &SqlitePool,
+    after: &str,
+    live_after: i64,
+    limit: i64,
+) -> Result<Page, sqlx::Error> {
+    sqlx::query_as!(
+        Page,
+        r#"SELECT json AS "json!: String",
+                  items AS "items!: i64",
+                  last AS "last: String",
+                  EXISTS (SELECT 1 FROM instances WHERE group_name > last AND updated_at_ms > ?2)
+                      AS "more!: bool"
            FROM (
-               SELECT group_name,
-                      count(*) AS instances,
-                      min(created_at_ms) AS created_at_ms,
-                      max(updated_at_ms) AS last_updated_at_ms
-               FROM instances
-               WHERE updated_at_ms > ?1
-               GROUP BY group_name
+               SELECT json_group_array(
+                          json_object('group', group_name, 'instances', instances,
+                                      'createdAt', created_at_ms,
+                                      'lastUpdatedAt', last_updated_at_ms)
+                          ORDER BY group_name
+                      ) AS json,
+                      count(*) AS items,
+                      max(group_name) AS last
+               FROM (
+                   SELECT group_name,
+                          count(*) AS instances,
+                          min(created_at_ms) AS created_at_ms,
+                          max(updated_at_ms) AS last_updated_at_ms
+                   FROM instances
+                   WHERE group_name > ?1 AND updated_at_ms > ?2
+                   GROUP BY group_name
+                   ORDER BY group_name
+                   LIMIT ?3
+               )
            )"#,
-        live_after
+        after,
+        live_after,
+        limit
     )
     .fetch_one(reads)
     .await
