@@ -290,7 +290,7 @@ impl Listing {
         let Some(page) = self.read_next().await? else {
             return Ok(None);
         };
-        if page.items == 0 {
+        if page.is_empty() {
             return Ok(None);
         }
         if self.after.is_none() {
@@ -310,7 +310,7 @@ impl Listing {
         let chunk = match self.read_next().await {
             Ok(None) => return None,
             // What followed the previous page has gone since: the array still needs its end.
-            Ok(Some(page)) if page.items == 0 => Ok(Bytes::from_static(b"]")),
+            Ok(Some(page)) if page.is_empty() => Ok(Bytes::from_static(b"]")),
             Ok(Some(page)) => self.splice(page, false),
             Err(error) => Err(error.to_string()),
         };
