@@ -216,48 +216,116 @@ pub async fn find(
     .transpose()
 }
 
-/// The live instances of `group` by id, as a JSON array ready to send.
+/// One page of a listing, as SQLite built it: its items as a JSON array (`[]` when there are
+/// none); whether anything followed it when it was read; and if so, in `last`, the key of its
+/// last item, after which the next page starts.
 ///
-/// SQLite builds the JSON: one row crosses from SQLite's thread instead of one per instance.
-pub async fn list_group_json(
+/// SQLite builds the JSON: one row per page crosses from SQLite's thread instead of one per
+/// item. Knowing `more` up front lets a listing of one page go out whole, and the last page
+/// carry the array's end.
+#[derive(Debug)]
+pub struct Page {
+    pub json: String,
+    pub last: Option<String>,
+    pub more: bool,
+}
+
+impl Page {
+    /// Whether the page has no item.
+    pub fn is_empty(&self) -> bool {
+        self.json == "[]"
+    }
+}
+
+/// Up to `limit` live instances of `group` with an id after `after`, by id.
+///
+/// First the page's end: the `limit`-th live id after `after`, from a walk of the primary
+/// key that leaves meta unread. Then one walk of the key range up to that end (or to the
+/// group's last id, if fewer are left) builds the page, like the whole listing was built
+/// before it was paged: a `LIMIT` on a subquery would pass every row through a co-routine
+/// and cost a page of a small group a fifth more. Expired instances are filtered before the
+/// count, so they never cut a page short.
+pub async fn instances_page(
     reads: &SqlitePool,
     group: &str,
+    after: &str,
     live_after: i64,
-) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT json_group_array(
-                      json_object('id', id, 'group', group_name, 'createdAt', created_at_ms,
-                                  'updatedAt', updated_at_ms, 'meta', json(meta))
-                      ORDER BY id
-                  ) AS "instances!: String"
-           FROM instances
-           WHERE group_name = ?1 AND updated_at_ms > ?2"#,
+    limit: i64,
+) -> Result<Page, sqlx::Error> {
+    sqlx::query_as!(
+        Page,
+        r#"WITH page_end AS MATERIALIZED (
+               SELECT (SELECT id FROM instances
+                       WHERE group_name = ?1 AND id > ?2 AND updated_at_ms > ?3
+                       ORDER BY id
+                       LIMIT 1 OFFSET ?4 - 1) AS id
+           )
+           SELECT (SELECT json_group_array(
+                              json_object('id', id, 'group', group_name,
+                                          'createdAt', created_at_ms,
+                                          'updatedAt', updated_at_ms, 'meta', json(meta))
+                              ORDER BY id
+                          )
+                   FROM instances
+                   WHERE group_name = ?1 AND id > ?2 AND updated_at_ms > ?3
+                     AND id <= coalesce(page_end.id,
+                                        (SELECT max(id) FROM instances WHERE group_name = ?1))
+                  ) AS "json!: String",
+                  page_end.id AS "last: String",
+                  page_end.id IS NOT NULL
+                  AND EXISTS (SELECT 1 FROM instances
+                              WHERE group_name = ?1 AND id > page_end.id
+                                AND updated_at_ms > ?3) AS "more!: bool"
+           FROM page_end"#,
         group,
-        live_after
+        after,
+        live_after,
+        limit
     )
     .fetch_one(reads)
     .await
 }
 
-/// Every group with a live instance, by name, as a JSON array ready to send: one scan in
-/// key order, already grouped.
-pub async fn list_groups_json(reads: &SqlitePool, live_after: i64) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT json_group_array(
-                      json_object('group', group_name, 'instances', instances,
-                                  'createdAt', created_at_ms, 'lastUpdatedAt', last_updated_at_ms)
-                      ORDER BY group_name
-                  ) AS "groups!: String"
+/// Up to `limit` groups named after `after` that have a live instance, by name, each with
+/// its count of live instances, the earliest `createdAt` and the latest heartbeat among them.
+///
+/// A walk of the primary key from `after`, already grouped; only live instances are
+/// aggregated, so a group with none is neither listed nor counted against the limit.
+pub async fn groups_page(
+    reads: &SqlitePool,
+    after: &str,
+    live_after: i64,
+    limit: i64,
+) -> Result<Page, sqlx::Error> {
+    sqlx::query_as!(
+        Page,
+        r#"SELECT json AS "json!: String",
+                  last AS "last: String",
+                  EXISTS (SELECT 1 FROM instances WHERE group_name > last AND updated_at_ms > ?2)
+                      AS "more!: bool"
            FROM (
-               SELECT group_name,
-                      count(*) AS instances,
-                      min(created_at_ms) AS created_at_ms,
-                      max(updated_at_ms) AS last_updated_at_ms
-               FROM instances
-               WHERE updated_at_ms > ?1
-               GROUP BY group_name
+               SELECT json_group_array(
+                          json_object('group', group_name, 'instances', instances,
+                                      'createdAt', created_at_ms,
+                                      'lastUpdatedAt', last_updated_at_ms)
+                          ORDER BY group_name
+                      ) AS json,
+                      max(group_name) AS last
+               FROM (
+                   SELECT group_name,
+                          count(*) AS instances,
+                          min(created_at_ms) AS created_at_ms,
+                          max(updated_at_ms) AS last_updated_at_ms
+                   FROM instances
+                   WHERE group_name > ?1 AND updated_at_ms > ?2
+                   GROUP BY group_name
+                   ORDER BY group_name
+                   LIMIT ?3
+               )
            )"#,
-        live_after
+        after,
+        live_after,
+        limit
     )
     .fetch_one(reads)
     .await

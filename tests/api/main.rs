@@ -19,8 +19,8 @@
 //! No test changes process-global state, so they all share this one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 
-mod faults;
 mod connections;
+mod faults;
 mod hashes;
 mod helpers;
 mod job_retention;

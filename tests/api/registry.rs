@@ -31,6 +31,45 @@ impl TestApp {
     async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path).await
     }
+
+    /// Registers each `(group, id)` with an empty body, a few dozen at once so they share
+    /// commits, asserting each is a new registration.
+    async fn register_all(&self, instances: impl IntoIterator<Item = (String, String)>) {
+        let instances: Vec<_> = instances.into_iter().collect();
+        for some in instances.chunks(50) {
+            let beats: Vec<_> = some
+                .iter()
+                .map(|(group, id)| {
+                    let url = format!("{}/{group}/{id}", self.registry);
+                    tokio::spawn(helpers::call(self.client.post(url)))
+                })
+                .collect();
+            for beat in beats {
+                let (status, instance) = beat.await.unwrap();
+                assert_eq!(status, 201, "{instance}");
+            }
+        }
+    }
+
+    /// `GET path`, asserting a 200 JSON array; its elements.
+    async fn list(&self, path: &str) -> Vec<Value> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.registry))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body: Value = response.json().await.unwrap();
+        body.as_array().unwrap().clone()
+    }
+}
+
+/// A meta object whose compact JSON text is exactly `bytes` long.
+fn meta_of_length(bytes: usize) -> String {
+    let filler = bytes - r#"{"blob":""}"#.len();
+    format!(r#"{{"blob":"{}"}}"#, "x".repeat(filler))
 }
 
 #[tokio::test]
@@ -405,5 +444,165 @@ async fn bad_input_is_a_4xx_and_stores_nothing() {
     assert_eq!(response.headers()[header::ALLOW], "POST,GET,HEAD,DELETE");
 
     assert_eq!(app.get("/").await.1, json!([]), "nothing was stored");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_meta_over_8_kib_is_413_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let over = meta_of_length(8 * 1024 + 1);
+    let (status, error) = app.beat("g", "new", Some(&over)).await;
+    assert_eq!(status, 413);
+    assert!(
+        error["error"].as_str().unwrap().contains("8192 bytes"),
+        "the error says the limit: {error}"
+    );
+    assert_eq!(app.get("/g/new").await.0, 404, "no instance was created");
+    assert_eq!(app.get("/").await.1, json!([]));
+
+    let (_, before) = app.beat("g", "old", Some(r#"{"v":1}"#)).await;
+    app.clock.advance(Duration::from_secs(1));
+    let wrapped = format!(r#"{{"meta":{over},"other":"ignored"}}"#);
+    let (status, error) = app.beat("g", "old", Some(&wrapped)).await;
+    assert_eq!(status, 413);
+    assert!(error["error"].is_string(), "{error}");
+    assert_eq!(
+        app.get("/g/old").await.1,
+        before,
+        "the instance keeps its meta and its updatedAt"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_meta_of_exactly_8_kib_as_stored_is_accepted_whatever_the_body_weighs() {
+    let app = TestApp::spawn().await;
+    let exact = meta_of_length(8 * 1024);
+    // Spaces and an ignored key make the body larger than the meta it stores.
+    let body = format!(
+        r#"{{ "meta" : {exact} , "padding" : "{}" }}"#,
+        "p".repeat(4096)
+    );
+    let (status, created) = app.beat("g", "full", Some(&body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["meta"].to_string(), exact);
+    assert_eq!(app.get("/g/full").await.1, created);
+    assert_eq!(app.list("/g").await, [created]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_of_several_pages_lists_each_live_instance_once_in_id_order() {
+    let app = TestApp::spawn().await;
+    let id = |n: &usize| format!("node-{n:04}");
+    // Every third instance (by id) registers first, so it expires first: expired rows sit
+    // all along the key range, on both sides of every page boundary.
+    let (early, late): (Vec<usize>, Vec<usize>) = (0..300_usize).partition(|n| n.is_multiple_of(3));
+    // Registered in reverse, so id order is not the order of arrival.
+    app.register_all(early.iter().rev().map(|n| ("big".to_owned(), id(n))))
+        .await;
+    app.clock.advance(Duration::from_secs(20));
+    app.register_all(late.iter().rev().map(|n| ("big".to_owned(), id(n))))
+        .await;
+
+    let everyone: Vec<String> = (0..300).map(|n| id(&n)).collect();
+    let listed = app.list("/big").await;
+    let ids = |listed: &[Value]| -> Vec<String> {
+        listed
+            .iter()
+            .map(|instance| instance["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&listed), everyone, "all 300, each once, by id");
+    for at in [0, 99, 100, 101, 199, 200, 299] {
+        let single = app.get(&format!("/big/{}", id(&at))).await.1;
+        assert_eq!(
+            listed[at], single,
+            "the listing shows the instance as it is"
+        );
+    }
+
+    // The early hundred expire: 200 left, two full pages of a hundred.
+    app.clock.set_ms(START_MS + 30_000);
+    assert_eq!(
+        ids(&app.list("/big").await),
+        late.iter().map(id).collect::<Vec<_>>()
+    );
+
+    // Half of the expired ones come back, in between the others: 250 live.
+    let back: Vec<usize> = early
+        .iter()
+        .copied()
+        .filter(|n| n.is_multiple_of(2))
+        .collect();
+    app.register_all(back.iter().map(|n| ("big".to_owned(), id(n))))
+        .await;
+    let mut live: Vec<usize> = late.iter().chain(&back).copied().collect();
+    live.sort_unstable();
+    let listed = app.list("/big").await;
+    assert_eq!(ids(&listed), live.iter().map(id).collect::<Vec<_>>());
+    assert_eq!(
+        app.list("/").await,
+        [
+            json!({"group": "big", "instances": 250, "createdAt": START_MS + 20_000,
+                "lastUpdatedAt": START_MS + 30_000})
+        ]
+    );
+
+    // All of them expire: the group is gone again.
+    app.clock.set_ms(START_MS + 60_000);
+    assert_eq!(app.get("/big").await.0, 404);
+    assert_eq!(app.get("/").await.1, json!([]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn more_groups_than_a_page_are_each_listed_once_with_their_live_counts() {
+    let app = TestApp::spawn().await;
+    let group = |k: &usize| format!("group-{k:04}");
+    // 1 500 groups, 1 125 of them live: more than one page of a thousand. Groups that are a
+    // multiple of 4 only ever have an instance that will have expired, so they sit between
+    // the others; those that are a multiple of 5 have one such instance beside their live ones.
+    let groups = 0..1500_usize;
+    let stale = groups
+        .clone()
+        .filter(|k| k.is_multiple_of(4) || k.is_multiple_of(5));
+    app.register_all(stale.map(|k| (group(&k), "stale".to_owned())))
+        .await;
+    app.clock.advance(Duration::from_secs(20));
+    let living: Vec<usize> = groups.filter(|k| !k.is_multiple_of(4)).collect();
+    app.register_all(living.iter().map(|k| (group(k), "first".to_owned())))
+        .await;
+    app.clock.advance(Duration::from_secs(1));
+    let two = |k: &usize| k.is_multiple_of(3);
+    app.register_all(
+        living
+            .iter()
+            .filter(|k| two(k))
+            .map(|k| (group(k), "second".to_owned())),
+    )
+    .await;
+    app.clock.set_ms(START_MS + 30_000);
+
+    let expected: Vec<Value> = living
+        .iter()
+        .map(|k| {
+            json!({
+                "group": group(k),
+                "instances": if two(k) { 2 } else { 1 },
+                "createdAt": START_MS + 20_000,
+                "lastUpdatedAt": START_MS + if two(k) { 21_000 } else { 20_000 },
+            })
+        })
+        .collect();
+    assert_eq!(expected.len(), 1125);
+    let listed = app.list("/").await;
+    assert_eq!(listed.len(), expected.len(), "each live group once");
+    if let Some(at) = (0..listed.len()).find(|&at| listed[at] != expected[at]) {
+        panic!(
+            "group {at} is listed as {}, not {}",
+            listed[at], expected[at]
+        );
+    }
     app.stop().await;
 }
