@@ -12,7 +12,12 @@
 #    Then, on the same warden, GET /{group} of 100 small instances with 64 clients
 #    (wrk -t1 -c64, as bench/run.sh's get_group): req/s and p99, a group that fits in one
 #    page.
-# 2. The job runner: see the end of this file.
+# 2. The job runner: 10 000 finished jobs with 60 KB arguments each, written straight into a
+#    migrated database; 8 clients walk GET /jobs page by page (bench/jobs_memory.py).
+#    Prints warden's peak RSS. Target: <= 64 MB.
+# 3. Retention: 10 000 jobs of 100 KB output at 40 a second with --job-retention 1m
+#    (bench/retention.py); prints the database file's peak size against one window's worth.
+#    Target: <= 2x. RETENTION_JOBS and RETENTION_RATE change the load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,5 +104,45 @@ kill "$warden_pid" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------------------
 # Section 2: paging through 10 000 jobs with 8 clients.
-# (To be added here: it starts its own warden, like section 1, and prints its figures.)
 # ---------------------------------------------------------------------------------------
+# 10 000 finished jobs, each with one argument of 60 000 bytes (a POST /jobs body is at most
+# 64 KiB), written straight into a migrated database; 8 clients walk GET /jobs page by page.
+data="$work/jobs"
+"$WARDEN_BIN" migrate --data-dir "$data" 2>/dev/null
+sqlite3 "$data/warden.db" "
+  WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < 10000)
+  INSERT INTO jobs (id, command, args, owner, status, exit_code, created_at_ms,
+                    started_at_ms, finished_at_ms)
+  SELECT printf('%08x-0000-4000-8000-%012x', i, i), 'echo',
+         '[\"' || printf('%.*c', 60000, 'a') || '\"]', 'bench', 'succeeded', 0,
+         $(now_ms), $(now_ms), $(now_ms) FROM n;"
+jobs_addr=127.0.0.1:18543
+"$WARDEN_BIN" serve --data-dir "$data" --no-hashes --no-registry --jobs-addr "$jobs_addr" \
+  --jobs-tls off --admin-addr "$ADMIN_ADDR" --job-retention off \
+  --log-format json 2>>"$work/warden.log" &
+warden_pid=$!
+pids+=("$warden_pid")
+wait_for "http://$ADMIN_ADDR/healthz"
+token=$("$WARDEN_BIN" token issue --user bench --role admin --data-dir "$data")
+echo "GET /jobs over 10 000 jobs of 60 KB arguments, 8 clients each walking every page" \
+  "(warden at rest: $(mb VmRSS "$warden_pid") MB):"
+python3 bench/jobs_memory.py "http://$jobs_addr" "$token" "$warden_pid" 8
+kill "$warden_pid" 2>/dev/null || true
+wait "$warden_pid" 2>/dev/null || true
+
+# ---------------------------------------------------------------------------------------
+# Section 3: the database file under a steady load of jobs with a 1-minute retention.
+# ---------------------------------------------------------------------------------------
+# RETENTION_JOBS jobs of 100 KB of output at RETENTION_RATE a second (by default 10 000 at
+# 40/s: over four minutes, four windows); the file must stay within 2x one window's worth.
+data="$work/retention"
+"$WARDEN_BIN" serve --data-dir "$data" --no-hashes --no-registry --jobs-addr "$jobs_addr" \
+  --jobs-tls off --admin-addr "$ADMIN_ADDR" --job-retention 1m --purge-every 1s \
+  --log-format json 2>>"$work/warden.log" &
+warden_pid=$!
+pids+=("$warden_pid")
+wait_for "http://$ADMIN_ADDR/healthz"
+token=$("$WARDEN_BIN" token issue --user bench --role admin --data-dir "$data")
+echo "${RETENTION_JOBS:-10000} jobs of 100 KB output at ${RETENTION_RATE:-40}/s, --job-retention 1m:"
+python3 bench/retention.py "http://$jobs_addr" "$token" "$data" "${RETENTION_JOBS:-10000}" \
+  "${RETENTION_RATE:-40}" 60

@@ -32,6 +32,14 @@ pub async fn start(
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<(), JobSchedulerError> {
+    // The scheduler counts a repeat in whole seconds and drops the rest: a sub-second
+    // interval would purge for the first second only. Round up, to one second at least.
+    let every = Duration::from_secs(
+        every
+            .as_secs()
+            .saturating_add(u64::from(every.subsec_nanos() > 0))
+            .max(1),
+    );
     let mut scheduler = JobScheduler::new().await?;
     // One purge at a time, even if one runs longer than the interval.
     let running = Arc::new(tokio::sync::Mutex::new(()));

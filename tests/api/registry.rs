@@ -387,7 +387,7 @@ async fn the_purge_deletes_expired_rows_from_the_database() {
         pool.close().await;
         ids
     };
-    // The scheduler runs on real time; wait for a purge (it ticks every 500 ms at most).
+    // The scheduler runs on real time, in whole seconds; wait for a purge.
     eventually(
         "the purge deleted the expired rows and kept the live one",
         Duration::from_secs(10),
@@ -603,6 +603,30 @@ async fn more_groups_than_a_page_are_each_listed_once_with_their_live_counts() {
             "group {at} is listed as {}, not {}",
             listed[at], expected[at]
         );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_sub_second_purge_interval_keeps_purging_after_the_first_second() {
+    let app = TestApp::spawn_with(&["--purge-every", "100ms"]).await;
+    let alive = async || -> Option<i64> {
+        sqlx::query_scalar("SELECT alive_at_ms FROM registry_alive WHERE id = 1")
+            .fetch_optional(&app.db.reads)
+            .await
+            .unwrap()
+    };
+    // Each purge records the (manual) clock: three purges seen in turn span well over the
+    // first second of the scheduler, where a truncated interval used to stop it.
+    for round in 1..=3 {
+        app.clock.advance(Duration::from_secs(60));
+        let now = app.clock.now_ms();
+        eventually(
+            &format!("purge number {round} records the time"),
+            Duration::from_secs(10),
+            async || (alive().await == Some(now)).then_some(()),
+        )
+        .await;
     }
     app.stop().await;
 }
