@@ -29,8 +29,8 @@
 //! - [`hashes`]: `POST /hash`, `GET /hash/{id}`, `GET /stats`: router (`mod.rs`), SQL
 //!   (`store.rs`), input parsing (`input.rs`), the purge past `--hash-retention`
 //!   (`retention.rs`), and the CLI's client (`client.rs`).
-//! - [`registry`]: heartbeat discovery: router (`mod.rs`), SQL (`store.rs`) and the purge
-//!   job (`purge.rs`).
+//! - [`registry`]: heartbeat discovery: router (`mod.rs`), SQL (`store.rs`), the paged and
+//!   streamed listings (`listing.rs`) and the purge job (`purge.rs`).
 //! - [`jobs`]: the job runner: router (`mod.rs`); a job's request, status, ending and API
 //!   record (`job.rs`); SQL of jobs (`store/mod.rs`), of their output (`store/output.rs`)
 //!   and of deleting them (`store/deletion.rs`); workers, claims and recovery (`runner.rs`);

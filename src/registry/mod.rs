@@ -11,26 +11,27 @@
 //! short read that resumes after the last key sent, so a reader holds one page whatever the
 //! size of the registry, and no read stays open while a client takes its time.
 
+mod listing;
 mod purge;
 mod store;
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
-use sqlx::SqlitePool;
 
 use crate::clock::{Clock, millis};
 use crate::db::{Database, Writer};
 use crate::error::{Error, ErrorBody, Result};
 use crate::http::{PathParams, read_body};
 use crate::service::{Context, Service};
-use store::{Heartbeat, Instance, Page, RecordHeartbeats};
+use listing::{Listed, Listing, json_response};
+use store::{Heartbeat, Instance, RecordHeartbeats};
 
 /// The most a heartbeat body may weigh. More than [`META_LIMIT`]: the body may carry other
 /// keys beside `"meta"`, which are ignored, and whitespace and escapes that the stored meta
@@ -40,14 +41,6 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// The most an instance's meta may weigh as stored: its JSON object text, compacted. It bounds
 /// what every listing of a group holds in memory per instance.
 pub const META_LIMIT: usize = 8 * 1024;
-
-/// The most instances one page of `GET /{group}` holds: under a megabyte of JSON with every
-/// meta at [`META_LIMIT`].
-const INSTANCES_PAGE: i64 = 100;
-
-/// The most groups one page of `GET /` holds: at most about 130 bytes each, so some 130 KB.
-/// (Pages of 100 made a listing of 1 000 groups a tenth slower, for no memory worth saving.)
-const GROUPS_PAGE: i64 = 1000;
 
 /// Why the registry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -223,11 +216,6 @@ async fn list_groups(State(registry): State<Registry>) -> Result<Response> {
         .unwrap_or_else(|| json_response(Body::from("[]"))))
 }
 
-/// A response whose body is JSON that SQLite already built.
-fn json_response(body: Body) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
 /// 413 for a meta over [`META_LIMIT`]; its body may well be within [`BODY_LIMIT`].
 fn meta_too_large() -> Response {
     let error =
@@ -237,128 +225,6 @@ fn meta_too_large() -> Response {
         Json(ErrorBody { error: &error }),
     )
         .into_response()
-}
-
-/// What a listing lists.
-#[derive(Debug)]
-enum Listed {
-    /// The live instances of one group, by id.
-    Instances { group: String },
-    /// Every group with a live instance, by name.
-    Groups,
-}
-
-/// A listing on its way to a client: one JSON array, read and sent a page at a time.
-///
-/// Each page is one short read that resumes after the last key the previous page sent, so a
-/// key is sent at most once and in order; but the listing is not one snapshot: an instance
-/// that changes while it is sent shows as it was when its page was read.
-struct Listing {
-    reads: SqlitePool,
-    listed: Listed,
-    /// The liveness cutoff, fixed when the request arrived, for every page.
-    live_after: i64,
-    /// Where the next page starts; `None` once the last page has been read.
-    after: Option<String>,
-    /// The part of the body read but not yet sent.
-    ready: Option<Bytes>,
-}
-
-impl Listing {
-    fn new(registry: &Registry, listed: Listed) -> Self {
-        Self {
-            reads: registry.db.reads.clone(),
-            listed,
-            live_after: registry.live_after(),
-            after: Some(String::new()),
-            ready: None,
-        }
-    }
-
-    fn page_size(&self) -> i64 {
-        match self.listed {
-            Listed::Instances { .. } => INSTANCES_PAGE,
-            Listed::Groups => GROUPS_PAGE,
-        }
-    }
-
-    /// Reads the first page and answers with the whole listing, or `None` if there is nothing
-    /// to list. The first page is read before anything is sent, so an empty listing can still
-    /// be a 404 and a failed first read is still an error answer. A listing of one page goes
-    /// out whole, as one body of known length; a longer one is streamed.
-    async fn respond(mut self) -> Result<Option<Response>> {
-        let Some(page) = self.read_next().await? else {
-            return Ok(None);
-        };
-        if page.is_empty() {
-            return Ok(None);
-        }
-        if self.after.is_none() {
-            return Ok(Some(json_response(Body::from(page.json))));
-        }
-        self.ready = Some(self.splice(page, true).map_err(Error::Internal)?);
-        Ok(Some(json_response(Body::from_stream(
-            futures_util::stream::unfold(self, Self::next_chunk),
-        ))))
-    }
-
-    /// The next part of the body; after a failed read, an error, which cuts the body off.
-    async fn next_chunk(mut self) -> Option<(std::io::Result<Bytes>, Self)> {
-        if let Some(ready) = self.ready.take() {
-            return Some((Ok(ready), self));
-        }
-        let chunk = match self.read_next().await {
-            Ok(None) => return None,
-            // What followed the previous page has gone since: the array still needs its end.
-            Ok(Some(page)) if page.is_empty() => Ok(Bytes::from_static(b"]")),
-            Ok(Some(page)) => self.splice(page, false),
-            Err(error) => Err(error.to_string()),
-        };
-        Some((
-            chunk.map_err(|error| {
-                tracing::error!(%error, "a listing page could not be read; cutting the answer off");
-                self.after = None;
-                std::io::Error::other("the listing could not be read")
-            }),
-            self,
-        ))
-    }
-
-    /// Reads the page after `self.after`, if there is one to read, and moves `self.after` on.
-    async fn read_next(&mut self) -> Result<Option<Page>, sqlx::Error> {
-        let Some(after) = self.after.take() else {
-            return Ok(None);
-        };
-        let limit = self.page_size();
-        let page = match &self.listed {
-            Listed::Instances { group } => {
-                store::instances_page(&self.reads, group, &after, self.live_after, limit).await?
-            }
-            Listed::Groups => {
-                store::groups_page(&self.reads, &after, self.live_after, limit).await?
-            }
-        };
-        if page.more {
-            self.after.clone_from(&page.last);
-        }
-        Ok(Some(page))
-    }
-
-    /// A page's JSON array as its part of the whole array, changed in place: a later page's `[`
-    /// becomes the `,` that continues the array, and every page but the last loses its `]`.
-    fn splice(&self, page: Page, first: bool) -> Result<Bytes, String> {
-        let mut json = page.json.into_bytes();
-        if json.len() < 2 || json.first() != Some(&b'[') || json.last() != Some(&b']') {
-            return Err("a listing page is not a JSON array".into());
-        }
-        if !first {
-            json[0] = b',';
-        }
-        if self.after.is_some() {
-            json.pop();
-        }
-        Ok(Bytes::from(json))
-    }
 }
 
 /// `DELETE /{group}/{id}`: 204; 404 if there is no live instance.

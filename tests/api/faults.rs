@@ -33,7 +33,7 @@ async fn health(app: &TestApp) -> (StatusCode, Value) {
 
 #[tokio::test]
 async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without_a_restart() {
-    let app = TestApp::spawn_with(&["--job-output-limit", "200KiB"]).await;
+    let app = TestApp::spawn().await;
     let token = app.token("alice", Role::User).await;
     let jobs = |method: Method, path: &str| {
         app.client
@@ -41,6 +41,18 @@ async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without
             .bearer_auth(&token)
     };
     let first_hash = app.create_hash("before").await;
+    // A job, queued now, that writes its output once the disk is full.
+    let gate = app.dir.path().join("disk-is-full");
+    let (status, job) = call(jobs(Method::POST, "/jobs").json(&json!({
+        "command": "sh",
+        "args": ["-c", format!(
+            "while [ ! -e '{}' ]; do sleep 0.01; done; head -c 1000000 /dev/zero; exit 7",
+            gate.display()
+        )]
+    })))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
 
     // The database may not grow by a single page from here on.
     app.db.limit_pages(Some(0)).await.unwrap();
@@ -73,14 +85,32 @@ async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without
         .collect();
     assert!(failing.contains(&"hashes"), "{body}");
 
-    // A job whose output cannot be stored (past the limit too, so its chunks go in a
-    // transaction that the full disk rolls back) still ends with its true status.
-    let (status, job) = call(jobs(Method::POST, "/jobs").json(&json!({
-        "command": "sh", "args": ["-c", "head -c 1000000 /dev/zero; exit 7"]
-    })))
-    .await;
-    let queued = status == StatusCode::CREATED;
-    let id = job["id"].as_str().map(str::to_owned);
+    // Its output meets the full disk: the job runs on, its output is dropped.
+    std::fs::write(&gate, b"").unwrap();
+    let dropped = eventually(
+        "the job's output is refused",
+        Duration::from_secs(30),
+        async || {
+            let (_, job) = call(jobs(Method::GET, &format!("/jobs/{id}"))).await;
+            (job["outputTruncated"] == true || job["status"] != "running").then_some(job)
+        },
+    );
+    let failing = eventually(
+        "job output is reported failing",
+        Duration::from_secs(30),
+        async || {
+            let (_, body) = health(&app).await;
+            body["storage"]["failing"]
+                .as_array()
+                .is_some_and(|failing| {
+                    failing
+                        .iter()
+                        .any(|ailment| ailment["path"] == "job output")
+                })
+                .then_some(())
+        },
+    );
+    let (_, ()) = tokio::join!(dropped, failing);
 
     // Space returns: everything works again, with no restart.
     app.db.limit_pages(None).await.unwrap();
@@ -95,17 +125,14 @@ async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without
     app.clock.advance(Duration::from_secs(5));
     assert_eq!(app.get_hash(&first_hash.to_string()).await.status(), 200);
 
-    if queued {
-        let id = id.unwrap();
-        let ended = eventually("the job ends", Duration::from_secs(30), async || {
-            let (_, job) = call(jobs(Method::GET, &format!("/jobs/{id}"))).await;
-            (job["status"] != "queued" && job["status"] != "running").then_some(job)
-        })
-        .await;
-        assert_eq!(ended["status"], "failed", "{ended}");
-        assert_eq!(ended["exitCode"], 7);
-        assert_eq!(ended["outputTruncated"], true);
-    }
+    let ended = eventually("the job ends", Duration::from_secs(30), async || {
+        let (_, job) = call(jobs(Method::GET, &format!("/jobs/{id}"))).await;
+        (job["status"] != "queued" && job["status"] != "running").then_some(job)
+    })
+    .await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    assert_eq!(ended["exitCode"], 7);
+    assert_eq!(ended["outputTruncated"], true);
     // A job queued now runs, and all of its output is kept.
     let (status, job) = call(
         jobs(Method::POST, "/jobs").json(&json!({"command": "sh", "args": ["-c", "echo fine"]})),
@@ -136,9 +163,32 @@ async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without
 
 #[tokio::test]
 async fn a_database_locked_by_another_process_answers_503_and_the_next_batch_commits() {
-    let app = TestApp::spawn_with(&["--busy-timeout", "100ms"]).await;
+    let app = TestApp::spawn_with(&["--busy-timeout", "100ms", "--job-workers", "1"]).await;
     let token = app.token("alice", Role::User).await;
+    let jobs = |method: Method, path: &str| {
+        app.client
+            .request(method, format!("{}{path}", app.jobs))
+            .bearer_auth(&token)
+    };
+    let status_of = async |id: &str| {
+        let (_, job) = call(jobs(Method::GET, &format!("/jobs/{id}"))).await;
+        job["status"].as_str().unwrap().to_owned()
+    };
     assert_eq!(app.create_hash("first").await, 1);
+    // One worker: a job that ends when told to, and one queued behind it.
+    let gate = app.dir.path().join("end-now");
+    let (_, blocker) = call(jobs(Method::POST, "/jobs").json(&json!({
+        "command": "sh",
+        "args": ["-c", format!("while [ ! -e '{}' ]; do sleep 0.01; done", gate.display())]
+    })))
+    .await;
+    let blocker = blocker["id"].as_str().unwrap().to_owned();
+    let (_, next) = call(jobs(Method::POST, "/jobs").json(&json!({"command": "true"}))).await;
+    let next = next["id"].as_str().unwrap().to_owned();
+    eventually("the blocker runs", Duration::from_secs(30), async || {
+        (status_of(&blocker).await == "running").then_some(())
+    })
+    .await;
 
     // Another process (a sqlite3 shell, a backup) takes the write lock and keeps it.
     let options = SqliteConnectOptions::new().filename(app.dir.path().join("warden.db"));
@@ -151,40 +201,42 @@ async fn a_database_locked_by_another_process_answers_503_and_the_next_batch_com
     let response = app.post_password("while locked").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key(header::RETRY_AFTER));
-    // The worker's BEGIN IMMEDIATE fails too: this job waits, it is not lost.
-    let (status, job) = call(
-        app.client
-            .post(format!("{}/jobs", app.jobs))
-            .bearer_auth(&token)
-            .json(&json!({"command": "true"})),
+    // The blocker ends: its worker's BEGIN IMMEDIATE (record the end, claim the next) fails
+    // and is retried; /healthz says so.
+    std::fs::write(&gate, b"").unwrap();
+    eventually(
+        "the worker's commit is reported failing",
+        Duration::from_secs(30),
+        async || {
+            let (_, body) = health(&app).await;
+            body["storage"]["failing"]
+                .as_array()
+                .is_some_and(|failing| {
+                    failing
+                        .iter()
+                        .any(|ailment| ailment["path"] == "job status")
+                })
+                .then_some(())
+        },
     )
     .await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{job}");
+    assert_eq!(
+        status_of(&blocker).await,
+        "running",
+        "its end is not recorded yet"
+    );
 
     sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
     other.close().await.unwrap();
 
-    // Nothing of the failed batch remains: the next hash takes the next id.
+    // Nothing of the failed batches remains, and the next ones commit: the next hash takes
+    // the next id, the blocker's end is recorded and the queued job runs.
     assert_eq!(app.create_hash("after").await, 2);
-    let (status, job) = call(
-        app.client
-            .post(format!("{}/jobs", app.jobs))
-            .bearer_auth(&token)
-            .json(&json!({"command": "true"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{job}");
-    let id = job["id"].as_str().unwrap().to_owned();
-    eventually("the job runs", Duration::from_secs(30), async || {
-        let (_, job) = call(
-            app.client
-                .get(format!("{}/jobs/{id}", app.jobs))
-                .bearer_auth(&token),
-        )
-        .await;
-        (job["status"] == "succeeded").then_some(())
+    eventually("the queued job runs", Duration::from_secs(30), async || {
+        (status_of(&next).await == "succeeded").then_some(())
     })
     .await;
+    assert_eq!(status_of(&blocker).await, "succeeded");
     app.stop().await;
 }
 
