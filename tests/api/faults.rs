@@ -31,6 +31,14 @@ async fn health(app: &TestApp) -> (StatusCode, Value) {
     call(app.client.get(format!("{}/healthz", app.admin))).await
 }
 
+/// Whether `/healthz` lists write path `path` as failing.
+async fn is_failing(app: &TestApp, path: &str) -> bool {
+    let (_, body) = health(app).await;
+    body["storage"]["failing"]
+        .as_array()
+        .is_some_and(|failing| failing.iter().any(|ailment| ailment["path"] == path))
+}
+
 #[tokio::test]
 async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without_a_restart() {
     let app = TestApp::spawn().await;
@@ -98,17 +106,7 @@ async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without
     let failing = eventually(
         "job output is reported failing",
         Duration::from_secs(30),
-        async || {
-            let (_, body) = health(&app).await;
-            body["storage"]["failing"]
-                .as_array()
-                .is_some_and(|failing| {
-                    failing
-                        .iter()
-                        .any(|ailment| ailment["path"] == "job output")
-                })
-                .then_some(())
-        },
+        async || is_failing(&app, "job output").await.then_some(()),
     );
     let (_, ()) = tokio::join!(dropped, failing);
 
@@ -207,17 +205,7 @@ async fn a_database_locked_by_another_process_answers_503_and_the_next_batch_com
     eventually(
         "the worker's commit is reported failing",
         Duration::from_secs(30),
-        async || {
-            let (_, body) = health(&app).await;
-            body["storage"]["failing"]
-                .as_array()
-                .is_some_and(|failing| {
-                    failing
-                        .iter()
-                        .any(|ailment| ailment["path"] == "job status")
-                })
-                .then_some(())
-        },
+        async || is_failing(&app, "job status").await.then_some(()),
     )
     .await;
     assert_eq!(
@@ -380,30 +368,14 @@ async fn a_volume_that_fills_up_wedges_nothing_and_warden_comes_back_when_it_gro
     // The job's output, and then the record of its end, hit the full disk: the worker's
     // transaction is rolled back by SQLite itself, the case that used to wedge the one write
     // connection until a restart.
-    let failing = |path: &'static str| {
-        let app = &app;
-        async move || {
-            let (_, body) = health(app).await;
-            let failing = body["storage"]["failing"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            failing
-                .iter()
-                .any(|ailment| ailment["path"] == path)
-                .then_some(())
-        }
-    };
-    eventually(
-        "job output fails",
-        Duration::from_secs(60),
-        failing("job output"),
-    )
+    eventually("job output fails", Duration::from_secs(60), async || {
+        is_failing(&app, "job output").await.then_some(())
+    })
     .await;
     eventually(
         "the job's end fails to commit",
         Duration::from_secs(60),
-        failing("job status"),
+        async || is_failing(&app, "job status").await.then_some(()),
     )
     .await;
     let response = app.post_password("while full").await;
