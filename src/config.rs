@@ -221,6 +221,12 @@ impl Config {
         if self.purge_every.is_zero() {
             return Err("invalid --purge-every (WARDEN_PURGE_EVERY): must be more than 0".into());
         }
+        if self.drain_timeout.is_zero() {
+            // Nothing in flight could finish: every shutdown would be a failed drain.
+            return Err(
+                "invalid --drain-timeout (WARDEN_DRAIN_TIMEOUT): must be more than 0".into(),
+            );
+        }
         if self.max_db_size == Some(0) {
             return Err("invalid --max-db-size (WARDEN_MAX_DB_SIZE): must be more than 0".into());
         }

@@ -132,6 +132,9 @@ pub enum StorageFault {
     /// The write path has stopped because warden is shutting down (503).
     #[error("warden is shutting down and accepts no new work")]
     Stopped,
+    /// The writer of this write path has died; `/healthz` names it (503 until a restart).
+    #[error("this kind of write cannot be stored until warden restarts")]
+    WriterDied,
     /// Any other database failure (500).
     #[error("the database failed; nothing was changed")]
     Failed,
@@ -161,7 +164,7 @@ impl StorageFault {
 
     fn status(self) -> StatusCode {
         match self {
-            Self::Busy | Self::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy | Self::Stopped | Self::WriterDied => StatusCode::SERVICE_UNAVAILABLE,
             Self::Full => StatusCode::INSUFFICIENT_STORAGE,
             Self::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -76,13 +76,14 @@ impl<B: Batch> std::fmt::Debug for Pending<B> {
 impl<B: Batch> Writer<B> {
     /// Queues `request` and waits until the transaction holding it has committed.
     pub async fn submit(&self, request: B::Request) -> Result<B::Reply, StorageFault> {
+        // A writer ends of its own accord only once every handle is gone, so while this one
+        // exists a closed queue or an unanswered request means it died.
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending { request, reply })
             .await
-            .map_err(|_| StorageFault::Stopped)?;
-        // The writer answers every request it takes; a dropped sender means it died.
-        answer.await.unwrap_or(Err(StorageFault::Stopped))
+            .map_err(|_| StorageFault::WriterDied)?;
+        answer.await.unwrap_or(Err(StorageFault::WriterDied))
     }
 }
 

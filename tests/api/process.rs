@@ -25,13 +25,16 @@ type BadSetting = (
 async fn bad_settings_exit_2_with_one_line_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().display().to_string();
-    let cases: [BadSetting; 6] = [
+    let cases: [BadSetting; 9] = [
         (&["--hash-delay", "soon"], &[], "--hash-delay"),
         (&[], &[("WARDEN_HASH_DELAY", "5 parsecs")], "--hash-delay"),
         (&[], &[("WARDEN_SYNC", "sometimes")], "--sync"),
         (&["--hashes-addr", "localhost"], &[], "--hashes-addr"),
         (&["--job-output-limit", "lots"], &[], "--job-output-limit"),
         (&["--instance-ttl", "0s"], &[], "--instance-ttl"),
+        (&["--drain-timeout", "0s"], &[], "--drain-timeout"),
+        (&["--max-db-size", "0"], &[], "--max-db-size"),
+        (&[], &[("WARDEN_JOB_RETENTION", "0s")], "--job-retention"),
     ];
     for (flags, env, setting) in cases {
         let mut args = vec!["serve", "--data-dir", &data_dir];
