@@ -1,7 +1,8 @@
 //! The listeners: binding, the accept loop every listener runs (plain HTTP or mutual TLS),
-//! and the layers every listener shares (the request span, the JSON shape of axum's own
-//! errors, the 408 for a body that came too late, and the 503 that new requests get once the
-//! drain has begun).
+//! and the layers every listener shares (a request id, `x-request-id`, made unless the client
+//! sent a plain one, echoed in the answer and kept in the request span; the request span; the
+//! JSON shape of axum's own errors; the 408 for a body that came too late; and the 503 that
+//! new requests get once the drain has begun).
 //!
 //! Invariant: a listener never fails and never spins. It holds at most `--max-connections`
 //! open: at the cap it stops accepting, so new clients wait in the kernel's backlog while the
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderName;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +28,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
@@ -200,11 +203,18 @@ pub fn with_common_layers(router: Router, service: &'static str) -> Router {
                 .extensions()
                 .get::<MatchedPath>()
                 .map_or("(unmatched)", MatchedPath::as_str);
+            // Set by the layer outside this one: the client's own id if it sent a plain one.
+            let request_id = request
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|id| id.to_str().ok())
+                .unwrap_or("-");
             tracing::info_span!(
                 "request",
                 service,
                 method = %request.method(),
                 route,
+                request_id,
                 status = tracing::field::Empty,
                 latency_us = tracing::field::Empty,
             )
@@ -219,6 +229,34 @@ pub fn with_common_layers(router: Router, service: &'static str) -> Router {
         .layer(middleware::from_fn(fill_empty_error_bodies))
         .layer(middleware::from_fn(answer_late_bodies_408))
         .layer(trace)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unfit_request_ids))
+}
+
+/// The header that carries a request's id, echoed in its answer and kept in its log span.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client-chosen request id that is kept.
+const REQUEST_ID_MAX: usize = 128;
+
+/// Drops a client's `x-request-id` unless it is one plain token (1 to [`REQUEST_ID_MAX`] of
+/// `A-Z a-z 0-9 . _ : -`), so that a new one is made: whatever reaches a log line is short and
+/// cannot pass for log syntax.
+async fn drop_unfit_request_ids(mut request: Request, next: Next) -> Response {
+    let fit = |id: &HeaderValue| {
+        let id = id.as_bytes();
+        (1..=REQUEST_ID_MAX).contains(&id.len())
+            && id
+                .iter()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"._:-".contains(byte))
+    };
+    let ids = request.headers().get_all(&REQUEST_ID);
+    let keep = ids.iter().count() == 1 && ids.iter().all(fit);
+    if !keep {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    next.run(request).await
 }
 
 /// Answers 503 to requests that arrive once the drain has begun, and closes the connection.

@@ -210,3 +210,82 @@ async fn a_log_retention_of_zero_is_refused_at_start() {
         "nothing was pruned or written"
     );
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_the_clients_own_when_it_is_a_plain_one() {
+    let app = TestApp::spawn().await;
+    let id_of = async |sent: Option<&str>| {
+        let mut request = app.client.get(format!("{}/stats", app.hashes));
+        if let Some(sent) = sent {
+            request = request.header("x-request-id", sent);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(id_of(Some("checkout-42:a.b_c")).await, "checkout-42:a.b_c");
+    let made = id_of(None).await;
+    assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
+    assert_ne!(id_of(None).await, made, "each request gets its own");
+    for unfit in ["has space", "<script>", &"x".repeat(129)] {
+        let replaced = id_of(Some(unfit)).await;
+        assert!(
+            uuid::Uuid::parse_str(&replaced).is_ok(),
+            "{unfit:?} became {replaced}"
+        );
+    }
+    // Errors, axum's own included, carry one too.
+    let response = app
+        .client
+        .delete(format!("{}/hash", app.hashes))
+        .header("x-request-id", "wrong-method")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["x-request-id"], "wrong-method");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_id_is_in_the_log_lines_of_its_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut warden = WardenProcess::start(dir.path(), &[]).await;
+    let data_dir = dir.path().display().to_string();
+    let (code, token, _) = run_cli(
+        &[
+            "token",
+            "issue",
+            "--user",
+            "ops",
+            "--role",
+            "admin",
+            "--data-dir",
+            &data_dir,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    let (status, job) = call(
+        reqwest::Client::new()
+            .post(format!("{}/jobs", warden.jobs))
+            .bearer_auth(token.trim())
+            .header("x-request-id", "follow-me-7")
+            .json(&serde_json::json!({"command": "true"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let line = helpers::eventually("the job's log line", Duration::from_secs(10), async || {
+        let log = warden.log.lock().unwrap();
+        log.iter().find(|line| line.contains("job queued")).cloned()
+    })
+    .await;
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["span"]["request_id"], "follow-me-7", "{line}");
+    warden.signal("TERM").await;
+    assert_eq!(warden.exit_code().await, Some(0));
+}
