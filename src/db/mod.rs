@@ -55,6 +55,18 @@ pub fn free_space(dir: &Path) -> std::io::Result<u64> {
         .saturating_mul(stats.fragment_size()))
 }
 
+/// Bytes of the database's pages in use, through `executor` (the read pool, or the write
+/// connection inside a batch): free pages, which SQLite reuses, do not count.
+pub async fn used_bytes<'c>(executor: impl sqlx::SqliteExecutor<'c>) -> Result<u64, sqlx::Error> {
+    let used: i64 = sqlx::query_scalar!(
+        r#"SELECT (page_count - freelist_count) * page_size AS "used!: i64"
+           FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"#
+    )
+    .fetch_one(executor)
+    .await?;
+    Ok(used.max(0).cast_unsigned())
+}
+
 /// `warden.db` inside `data_dir`.
 pub fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join("warden.db")
@@ -192,17 +204,11 @@ impl Database {
             .map_err(|_| StorageFault::Stopped)
     }
 
-    /// Bytes of the database's pages in use now (free pages, which SQLite reuses, do not
-    /// count).
+    /// Bytes of the database's pages in use now; see [`used_bytes`].
     pub async fn used_bytes(&self) -> Result<u64, StorageFault> {
-        let used: i64 = sqlx::query_scalar!(
-            r#"SELECT (page_count - freelist_count) * page_size AS "used!: i64"
-               FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"#
-        )
-        .fetch_one(&self.reads)
-        .await
-        .map_err(|error| StorageFault::of(&error))?;
-        Ok(used.max(0).cast_unsigned())
+        used_bytes(&self.reads)
+            .await
+            .map_err(|error| StorageFault::of(&error))
     }
 
     /// Which write paths fail now, for `/healthz`; every write path reports here.

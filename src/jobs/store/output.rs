@@ -14,7 +14,7 @@ use sqlx::Connection as _;
 use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnection;
 
-use crate::db::Batch;
+use crate::db::{self, Batch};
 
 /// A piece of a job's output, at its offset in the whole output.
 #[derive(Debug)]
@@ -99,7 +99,7 @@ impl Batch for AppendOutput {
             return Ok(replies);
         }
         let size: u64 = kept.iter().map(|chunk| chunk.bytes.len() as u64).sum();
-        if used_bytes(conn).await?.saturating_add(size) > self.max_db_bytes {
+        if db::used_bytes(&mut *conn).await?.saturating_add(size) > self.max_db_bytes {
             let seqs: Vec<i64> = kept.iter().map(|chunk| chunk.job_seq).collect();
             self.lost_jobs().extend(&seqs);
             mark_truncated(conn, &seqs).await?;
@@ -123,17 +123,6 @@ impl Batch for AppendOutput {
     fn wrote(replies: &[Stored]) -> bool {
         replies.contains(&Stored::Kept)
     }
-}
-
-/// Bytes of the database's pages in use (free pages, which SQLite reuses, do not count).
-async fn used_bytes(conn: &mut SqliteConnection) -> Result<u64, sqlx::Error> {
-    let used: i64 = sqlx::query_scalar!(
-        r#"SELECT (page_count - freelist_count) * page_size AS "used!: i64"
-           FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"#
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(used.max(0).cast_unsigned())
 }
 
 /// Marks jobs `seqs` as having dropped output: an update in place, which needs no new page.
