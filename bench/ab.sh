@@ -13,32 +13,11 @@ cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: bash bench/ab.sh WARDEN_A WARDEN_B [MORE…]" >&2; exit 2; }
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
-for tool in wrk curl; do
-  command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk curl >/dev/null; }
-done
+source bench/common.sh
+require wrk curl
 cargo build --release --locked --quiet --example noop
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-cat >"$work/post_hash.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = "password=angryMonkey"
-wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-LUA
-cat >"$work/heartbeat.lua" <<'LUA'
-local body = '{"zone":"eu-west-1a","version":"1.4.2"}'
-local headers = { ["Content-Type"] = "application/json" }
-request = function()
-  local path = string.format("/group-%d/instance-%d", math.random(0, 99), math.random(0, 99))
-  return wrk.format("POST", path, headers, body)
-end
-LUA
-${CARGO_TARGET_DIR:-target}/release/examples/noop 127.0.0.1:18000 &
+write_loads
+"${CARGO_TARGET_DIR:-target}/release/examples/noop" 127.0.0.1:18000 &
 pids+=($!)
 rate() { awk '/^Requests\/sec:/ {r = $2} $1 == "99%" {p = $2} END {printf "%s %s", r, p}' "$1"; }
 for round in $(seq "$ROUNDS"); do
@@ -49,7 +28,7 @@ for round in $(seq "$ROUNDS"); do
     "$bin" serve --data-dir "$data" --sync full --hashes-addr 127.0.0.1:18080 \
       --registry-addr 127.0.0.1:18081 --admin-addr 127.0.0.1:19090 --no-jobs 2>/dev/null &
     pid=$!
-    for _ in $(seq 50); do curl -fs -o /dev/null http://127.0.0.1:19090/healthz && break; sleep 0.1; done
+    wait_for http://127.0.0.1:19090/healthz
     wrk -t1 -c64 -d"$DURATION" --latency -s "$work/post_hash.lua" http://127.0.0.1:18080/hash >"$work/h.txt"
     wrk -t1 -c64 -d"$DURATION" --latency -s "$work/heartbeat.lua" http://127.0.0.1:18081/ >"$work/b.txt"
     echo "round $round $bin post_hash $(rate "$work/h.txt") heartbeat $(rate "$work/b.txt")"

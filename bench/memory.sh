@@ -25,37 +25,13 @@ DURATION=${DURATION:-10s}
 REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:18381}
 ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:19391}
 
-missing=()
-for tool in wrk curl sqlite3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
+source bench/common.sh
+require wrk curl sqlite3
 if [ -z "${WARDEN_BIN:-}" ]; then
   cargo build --release --locked --quiet --bin warden
   WARDEN_BIN=target/release/warden
 fi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
-wait_for() { # url
-  for _ in $(seq 100); do
-    if curl -s -o /dev/null "$1" 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "nothing answered at $1" >&2
-  exit 1
-}
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # mb NAME PID: the /proc/PID/status field NAME (VmRSS, VmHWM) in MB.
 mb() { awk -v name="$1:" '$1 == name {printf "%.1f", $2 / 1024}' "/proc/$2/status"; }

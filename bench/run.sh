@@ -29,34 +29,9 @@ ADMIN_ADDR=127.0.0.1:19090
 REGISTRY_ADDR=127.0.0.1:18081
 JOBS_ADDR=127.0.0.1:18443
 
-missing=()
-for tool in wrk curl sqlite3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
+source bench/common.sh
+require wrk curl sqlite3
 cargo build --release --locked --quiet --bin warden --example noop --example mtls_load
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_for() { # url
-  for _ in $(seq 100); do
-    if curl -fs -o /dev/null "$1" 2>/dev/null || curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null | grep -q '^[1-5]'; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "nothing answered at $1" >&2
-  exit 1
-}
 
 target/release/examples/noop "$NOOP_ADDR" &
 pids+=($!)
@@ -65,23 +40,9 @@ target/release/warden serve --data-dir "$work/data" --sync full \
   --registry-addr "$REGISTRY_ADDR" --jobs-addr "$JOBS_ADDR" --jobs-tls off 2>"$work/warden.log" &
 warden_pid=$!
 pids+=($warden_pid)
+write_loads
 wait_for "http://$NOOP_ADDR/"
 wait_for "http://$ADMIN_ADDR/healthz"
-
-cat >"$work/post_hash.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = "password=angryMonkey"
-wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-LUA
-cat >"$work/heartbeat.lua" <<'LUA'
--- Heartbeats spread over 10 000 instances: 100 groups of 100.
-local body = '{"zone":"eu-west-1a","version":"1.4.2"}'
-local headers = { ["Content-Type"] = "application/json" }
-request = function()
-  local path = string.format("/group-%d/instance-%d", math.random(0, 99), math.random(0, 99))
-  return wrk.format("POST", path, headers, body)
-end
-LUA
 
 # run NAME URL [wrk args...]: prints "NAME req/s p99" and keeps the numbers.
 declare -A rate p99
