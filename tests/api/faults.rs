@@ -10,7 +10,7 @@ use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use warden::security::principal::Role;
 
-use crate::helpers::{TestApp, call, eventually};
+use crate::helpers::{self, TestApp, call, eventually};
 
 /// Sends `request` until it answers other than 200/201 (at most `tries` times); returns that
 /// answer and how many succeeded before it.
@@ -138,14 +138,8 @@ async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without
     .await;
     assert_eq!(status, StatusCode::CREATED, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
-    let output = jobs(Method::GET, &format!("/jobs/{id}/output?follow=true"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(output, "fine\n");
+    let output = helpers::body(jobs(Method::GET, &format!("/jobs/{id}/output?follow=true"))).await;
+    assert_eq!(output, b"fine\n");
     let (_, job) = call(jobs(Method::GET, &format!("/jobs/{id}"))).await;
     assert_eq!(job["status"], "succeeded");
     assert_eq!(job["outputTruncated"], false);
@@ -255,16 +249,12 @@ async fn past_max_db_size_job_output_is_refused_while_hashes_and_heartbeats_comm
     let stored = job["outputBytes"].as_i64().unwrap();
     assert!(stored < 1 << 20, "{stored} bytes stored past the cap");
     // What was stored is a prefix: every byte of it is there, in order.
-    let output = app
-        .client
-        .get(format!("{}/jobs/{id}/output", app.jobs))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let output = helpers::body(
+        app.client
+            .get(format!("{}/jobs/{id}/output", app.jobs))
+            .bearer_auth(&token),
+    )
+    .await;
     assert_eq!(i64::try_from(output.len()).unwrap(), stored);
 
     // The reserve is kept for everything else.

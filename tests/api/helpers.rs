@@ -230,6 +230,13 @@ pub async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     (status, json)
 }
 
+/// Sends `request` and reads its whole body as bytes (a job's output, say), whatever its
+/// status.
+pub async fn body(request: reqwest::RequestBuilder) -> Vec<u8> {
+    let response = request.send().await.expect("the request was answered");
+    response.bytes().await.expect("the body arrived").to_vec()
+}
+
 /// Reads the streamed body of `response` until `wanted` has arrived (at most 30 s); returns
 /// what was read.
 pub async fn read_until(response: &mut reqwest::Response, wanted: &str) -> String {

@@ -5,7 +5,7 @@
 //! `tests/fixtures/` and never edited, and a test here that loads it, starts today's warden
 //! on it and reads the data back.
 
-use crate::helpers::{ANGRY_MONKEY, START_MS, TestApp, call};
+use crate::helpers::{self, ANGRY_MONKEY, START_MS, TestApp, call};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use warden::clock::Clock;
@@ -56,13 +56,7 @@ async fn a_v0_1_0_database_upgrades_with_its_hashes_instances_jobs_and_output() 
     let (_, status) = call(read(format!("/jobs/{job}"))).await;
     assert_eq!(status["status"], "succeeded");
     assert_eq!(status["owner"], "alice");
-    let output = read(format!("/jobs/{job}/output"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let output = helpers::body(read(format!("/jobs/{job}/output"))).await;
     assert_eq!(&output[..], b"kept\n");
     app.stop().await;
 }

@@ -84,14 +84,8 @@ async fn a_client_with_a_certificate_from_the_dev_pki_works_end_to_end() {
     assert!(app.jobs.starts_with("https://"));
     let admin = client(&pki.ca(), &pki.client("admin"));
     let id = start(&admin, &app, "hi").await;
-    let output = admin
-        .get(format!("{}/jobs/{id}/output?follow=true", app.jobs))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let output =
+        helpers::body(admin.get(format!("{}/jobs/{id}/output?follow=true", app.jobs))).await;
     assert_eq!(&output[..], b"hi\n");
     let (_, job) = call(
         &admin,
@@ -193,16 +187,7 @@ async fn connections_without_a_good_certificate_or_over_old_tls_or_plain_http_ar
         ("an expired certificate", &expired),
         ("TLS 1.2 only", &tls12_only),
     ] {
-        let response = refused
-            .post(format!("{}/jobs", app.jobs))
-            .json(&json!({"command": "touch", "args": ["/tmp/never"]}))
-            .send()
-            .await;
-        assert!(
-            response.is_err(),
-            "{case} got through: {:?}",
-            response.map(|r| r.status())
-        );
+        assert_refused(refused, &app, case).await;
     }
     let plain = reqwest::Client::new()
         .get(format!("{}/jobs", app.jobs.replace("https://", "http://")))
@@ -401,16 +386,7 @@ async fn a_certificate_with_two_common_names_is_refused() {
         [("CN", "admin"), ("CN", "alice")],
     ] {
         let twice = client_with_subject(&app, &subject);
-        let response = twice
-            .post(format!("{}/jobs", app.jobs))
-            .json(&json!({"command": "touch", "args": ["/tmp/never"]}))
-            .send()
-            .await;
-        assert!(
-            response.is_err(),
-            "{subject:?} got through: {:?}",
-            response.map(|r| r.status())
-        );
+        assert_refused(&twice, &app, &format!("{subject:?}")).await;
     }
     let admin = client(&pki(&app).ca(), &pki(&app).client("admin"));
     let (_, jobs) = call(&admin, &app, reqwest::Method::GET, "/jobs", None).await;
@@ -455,4 +431,18 @@ async fn only_a_subject_whose_sole_unit_is_admin_sees_every_job() {
     let (status, job) = call(&root, &app, reqwest::Method::GET, &path, None).await;
     assert_eq!((status, &job["owner"]), (StatusCode::OK, &json!("alice")));
     app.stop().await;
+}
+
+/// Fails the test unless `client`'s attempt to queue a job is refused at the connection.
+async fn assert_refused(client: &reqwest::Client, app: &TestApp, what: &str) {
+    let response = client
+        .post(format!("{}/jobs", app.jobs))
+        .json(&json!({"command": "touch", "args": ["/tmp/never"]}))
+        .send()
+        .await;
+    assert!(
+        response.is_err(),
+        "{what} got through: {:?}",
+        response.map(|r| r.status())
+    );
 }
