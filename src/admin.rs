@@ -1,4 +1,5 @@
-//! The admin listener: `GET /healthz` (services and storage) and `/shutdown`.
+//! The admin listener: `GET /healthz` (services and storage), `/shutdown`, and the OpenAPI
+//! document of every listener at `GET /openapi/{listener}.json`.
 //!
 //! `/shutdown` is also mounted on the hashes listener (its contract has it). It only starts
 //! the same drain a SIGTERM starts, and only for loopback peers: anyone who can reach the port
@@ -9,20 +10,24 @@ use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
+use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::clock::millis;
-use crate::db::StorageHealth;
+use crate::db::{Ailment, StorageHealth};
 use crate::error::{Error, Result};
+use crate::http::PathParams;
+use crate::openapi::{Api, ErrorShape};
 
 /// Whether a service is serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceState {
     Up,
@@ -56,62 +61,173 @@ pub struct Admin {
     pub services: ServiceBoard,
     pub storage: StorageHealth,
     pub shutdown: CancellationToken,
+    /// Every listener's OpenAPI document, as JSON.
+    pub documents: Arc<BTreeMap<Api, Bytes>>,
 }
 
-/// `/healthz` and `/shutdown`.
-pub fn router(admin: Admin) -> Router {
-    let shutdown = shutdown_router(admin.shutdown.clone());
-    Router::new()
-        .route("/healthz", get(healthz))
-        .with_state(admin)
-        .merge(shutdown)
+/// `/healthz` and `/openapi/{file}`; [`shutdown_routes`] adds `/shutdown`.
+pub fn routes() -> OpenApiRouter<Admin> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(read_document))
 }
 
 /// `GET` and `POST /shutdown`, for every listener whose contract has it.
-pub fn shutdown_router(shutdown: CancellationToken) -> Router {
-    Router::new()
-        .route("/shutdown", get(request_shutdown).post(request_shutdown))
-        .with_state(shutdown)
+pub fn shutdown_routes() -> OpenApiRouter<CancellationToken> {
+    OpenApiRouter::new().routes(routes!(request_shutdown_get, request_shutdown))
+}
+
+/// What `/healthz` says of warden as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    /// Every enabled service is up and every write path commits.
+    Ok,
+    /// A service is down, or a write path fails (`storage` says which and why).
+    Degraded,
+    /// warden is shutting down.
+    Draining,
+}
+
+/// What `/healthz` says of the database's write paths.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase", tag = "status")]
+enum Storage {
+    /// Every write path commits.
+    Ok,
+    /// These write paths fail, or have failed within the last minute.
+    Failing { failing: Vec<Ailment> },
+}
+
+/// The body of `GET /healthz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    status: Status,
+    /// warden's version: the crate version, which is also the API documents' `info.version`.
+    version: &'static str,
+    /// How long this warden has been running.
+    uptime_ms: i64,
+    /// Each enabled service's state, by name.
+    services: BTreeMap<&'static str, ServiceState>,
+    storage: Storage,
 }
 
 /// `GET /healthz`: 200 while every enabled service is up and every write path commits; 503
 /// while draining or degraded (a service down, or writes failing: `storage` says which and
 /// why).
-async fn healthz(State(admin): State<Admin>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "admin",
+    summary = "Whether warden is well",
+    responses(
+        (status = 200, description = "Every enabled service is up and every write path commits", body = Health),
+        (status = 503, description = "warden is draining, or degraded: a service is down or writes fail", body = Health),
+    ),
+)]
+async fn healthz(State(admin): State<Admin>) -> (StatusCode, Json<Health>) {
     let services = admin.services.snapshot();
     let ailments = admin.storage.ailments();
     let status = if admin.shutdown.is_cancelled() {
-        "draining"
+        Status::Draining
     } else if services.values().all(|state| *state == ServiceState::Up) && ailments.is_empty() {
-        "ok"
+        Status::Ok
     } else {
-        "degraded"
+        Status::Degraded
     };
     let storage = if ailments.is_empty() {
-        json!({ "status": "ok" })
+        Storage::Ok
     } else {
-        json!({ "status": "failing", "failing": ailments })
+        Storage::Failing { failing: ailments }
     };
-    let code = if status == "ok" {
+    let code = if status == Status::Ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": status,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptimeMs": millis(admin.started.elapsed()),
-        "services": services,
-        "storage": storage,
-    });
-    (code, Json(body))
+    let health = Health {
+        status,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_ms: millis(admin.started.elapsed()),
+        services,
+        storage,
+    };
+    (code, Json(health))
+}
+
+/// `GET /openapi/{file}`: a listener's OpenAPI document, the same `warden openapi` prints.
+#[utoipa::path(
+    get,
+    path = "/openapi/{file}",
+    tag = "admin",
+    summary = "A listener's OpenAPI document",
+    params(("file" = String, Path, description = "The listener's document", example = "hashes.json",
+        pattern = "^(hashes|registry|jobs|admin)\\.json$")),
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json"),
+        (status = 404, description = "No listener has that document", body = ErrorShape),
+    ),
+)]
+async fn read_document(
+    State(admin): State<Admin>,
+    PathParams(file): PathParams<String>,
+) -> Result<Response> {
+    let document = Api::of_file(&file).and_then(|api| admin.documents.get(&api));
+    let Some(document) = document else {
+        return Err(Error::not_found(
+            "no such document: hashes.json, registry.json, jobs.json and admin.json are",
+        ));
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        document.clone(),
+    )
+        .into_response())
+}
+
+/// What `/shutdown` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Draining {
+    #[schema(value_type = String, example = "draining")]
+    status: &'static str,
+}
+
+/// `GET /shutdown`: as `POST /shutdown`.
+#[utoipa::path(
+    get,
+    path = "/shutdown",
+    tag = "shutdown",
+    summary = "Shut warden down (as POST)",
+    responses(
+        (status = 200, description = "The drain has begun (or had already)", body = Draining),
+        (status = 403, description = "The peer is not on loopback", body = ErrorShape),
+    ),
+)]
+async fn request_shutdown_get(
+    state: State<CancellationToken>,
+    peer: ConnectInfo<SocketAddr>,
+) -> Result<Json<Draining>> {
+    request_shutdown(state, peer).await
 }
 
 /// `/shutdown`: 200 at once, then the graceful drain; 403 unless the peer is on loopback.
+#[utoipa::path(
+    post,
+    path = "/shutdown",
+    tag = "shutdown",
+    summary = "Shut warden down",
+    description = "Answers at once, then drains as SIGTERM does: no new work, in-flight work \
+        finishes, then warden exits 0. Accepted from loopback peers only; repeating it is harmless.",
+    responses(
+        (status = 200, description = "The drain has begun (or had already)", body = Draining),
+        (status = 403, description = "The peer is not on loopback", body = ErrorShape),
+    ),
+)]
 async fn request_shutdown(
     State(shutdown): State<CancellationToken>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Draining>> {
     if !peer.ip().to_canonical().is_loopback() {
         tracing::warn!(%peer, "refused a shutdown request from a non-loopback peer");
         return Err(Error::Forbidden(
@@ -122,5 +238,5 @@ async fn request_shutdown(
         tracing::info!(%peer, "shutdown requested over HTTP");
         shutdown.cancel();
     }
-    Ok(Json(json!({ "status": "draining" })))
+    Ok(Json(Draining { status: "draining" }))
 }

@@ -172,7 +172,9 @@ impl StorageFault {
 }
 
 /// The JSON shape of every error: `{"error": "<message>"}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorBody<'a> {
+    /// What went wrong, for a person to read.
     pub error: &'a str,
 }

@@ -14,9 +14,12 @@
 //!   timeouts and its share of the drain (`supervisor/connections.rs`, with the body-read
 //!   deadline in `supervisor/deadline.rs`); warnings held to one line per interval
 //!   (`supervisor/reports.rs`); what is taken from the host at start: TLS files or the dev
-//!   PKI, the volume's free space, the open-file limit (`supervisor/host.rs`).
-//! - [`service`]: the one shape of a service (started from a context and its settings, then
-//!   a router).
+//!   PKI, the volume's free space, the open-file limit (`supervisor/host.rs`); each
+//!   listener's OpenAPI document, from the routes it serves (`supervisor/openapi.rs`).
+//! - [`service`]: the one shape of a service (started from a context and its settings, with
+//!   routes that carry their own API description).
+//! - [`openapi`]: what the API documents share: the error answers every route may give, and
+//!   the names of the listeners' documents.
 //! - [`db`]: the SQLite file (WAL, `synchronous`, foreign keys, busy timeout), migrations
 //!   and the one write connection, kept clean after any failure (`db/mod.rs`); the
 //!   group-commit [`db::Writer`] every hot write goes through (`db/writer.rs`); which write
@@ -39,10 +42,10 @@
 //!   `--job-retention` or by `DELETE` (`retention.rs`); the CLI's client (`client.rs`).
 //! - [`security`]: who a caller is (`principal.rs`), bearer tokens (`tokens.rs`), the
 //!   development PKI (`pki.rs`), and TLS configuration and identity (`tls.rs`).
-//! - [`admin`]: `GET /healthz` and `/shutdown`.
+//! - [`admin`]: `GET /healthz`, `/shutdown` and `GET /openapi/{listener}.json`.
 //!
 //! Dependencies point one way: `supervisor` → services → `db`/`error`/`http`/`clock`/
-//! `security`/`service`. Services never import each other.
+//! `security`/`service`/`openapi`. Services never import each other.
 
 pub mod admin;
 pub mod cli;
@@ -54,6 +57,7 @@ pub mod error;
 pub mod hashes;
 pub mod http;
 pub mod jobs;
+pub mod openapi;
 pub mod registry;
 pub mod security;
 pub mod service;

@@ -1,9 +1,11 @@
 //! The one shape every service has: started from a [`Context`] and its own settings, then
-//! turned into the router the supervisor serves on the service's listener.
+//! its routes, which the supervisor both serves on the service's listener and describes in
+//! that listener's OpenAPI document.
 
-use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::clock::Clock;
 use crate::db::Database;
@@ -22,7 +24,7 @@ pub struct Context<'a> {
 }
 
 /// A service of warden: its state, how it starts, and its routes.
-pub trait Service: Sized + Send {
+pub trait Service: Clone + Send + Sync + 'static {
     /// The service's name, as `/healthz` and the logs show it.
     const NAME: &'static str;
     /// What the operator sets for it.
@@ -37,6 +39,7 @@ pub trait Service: Sized + Send {
         settings: Self::Settings,
     ) -> impl Future<Output = Result<Self, Self::StartError>> + Send;
 
-    /// The service's routes, with its state.
-    fn router(self) -> Router;
+    /// The service's routes, each with its API description (`#[utoipa::path]`), so that what
+    /// a listener serves and what its OpenAPI document says come from the same list.
+    fn routes() -> OpenApiRouter<Self>;
 }

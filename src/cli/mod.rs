@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::db::{Database, SyncMode, database_path, lock_data_dir};
+use crate::openapi::Api;
 use crate::security::pki::{DevPki, PkiError};
 use crate::security::principal::{Role, valid_user};
 use crate::security::tokens::TokenKeys;
@@ -63,6 +64,13 @@ enum Command {
             default_value = "http://127.0.0.1:8080"
         )]
         url: String,
+    },
+    /// Print a listener's OpenAPI 3.1 document, as the admin listener serves it at
+    /// /openapi/LISTENER.json; without LISTENER, every listener's, as one JSON object by name.
+    Openapi {
+        /// The listener whose API to describe.
+        #[arg(value_enum)]
+        listener: Option<Api>,
     },
     /// Print the hash service's stats.
     Stats {
@@ -161,6 +169,35 @@ pub fn main() -> ExitCode {
         Command::Jobs(args) => finish(runtime.block_on(clients::jobs(args))),
         Command::Hash { password, url } => finish(runtime.block_on(clients::hash(password, &url))),
         Command::Stats { url } => finish(runtime.block_on(clients::stats(&url))),
+        Command::Openapi { listener } => print_openapi(listener),
+    }
+}
+
+/// `warden openapi [LISTENER]`.
+fn print_openapi(listener: Option<Api>) -> ExitCode {
+    let text = match listener {
+        Some(api) => supervisor::openapi::document(api).to_pretty_json(),
+        None => {
+            let documents: serde_json::Map<_, _> = Api::ALL
+                .into_iter()
+                .map(|api| {
+                    let document = supervisor::openapi::document(api);
+                    serde_json::to_value(document).map(|value| (api.name().to_owned(), value))
+                })
+                .collect::<Result<_, _>>()
+                .unwrap_or_default();
+            serde_json::to_string_pretty(&documents)
+        }
+    };
+    let written = text.map_err(|error| error.to_string()).and_then(|text| {
+        writeln!(std::io::stdout().lock(), "{text}").map_err(|error| error.to_string())
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("warden: cannot write the OpenAPI document: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -33,7 +33,7 @@ enum PathState {
 }
 
 /// One write path that is not well, as `/healthz` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ailment {
     /// The write path: `hashes`, `heartbeats`, `job output`, …

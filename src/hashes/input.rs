@@ -30,6 +30,18 @@ impl Password {
     }
 }
 
+/// The body `POST /hash` reads, as its API description shows it.
+#[derive(utoipa::ToSchema)]
+#[expect(
+    dead_code,
+    reason = "only its API description is used: the body is read by hand"
+)]
+pub struct PasswordForm {
+    /// The password, as bytes: in a form, percent-encoded bytes are taken as they are.
+    #[schema(min_length = 1)]
+    password: String,
+}
+
 #[derive(Deserialize)]
 struct PasswordField {
     password: Option<String>,

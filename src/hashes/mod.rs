@@ -13,21 +13,23 @@ mod store;
 
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 use sha2::{Digest, Sha512};
 use sqlx::SqlitePool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::clock::{Clock, millis};
 use crate::db::Writer;
 use crate::error::{Error, Result};
 use crate::http::PathParams;
+use crate::openapi::{BodyFaults, ErrorShape, ServerFaults, WriteFaults};
 use crate::service::{Context, Service};
 use store::{NewHash, RecordHashes};
 
@@ -80,17 +82,49 @@ impl Service for Hashes {
         })
     }
 
-    fn router(self) -> Router {
-        Router::new()
-            .route("/hash", post(create_hash))
-            .route("/hash/{id}", get(read_hash))
-            .route("/stats", get(read_stats))
+    fn routes() -> OpenApiRouter<Self> {
+        OpenApiRouter::new()
+            .routes(routes!(create_hash))
+            .routes(routes!(read_hash))
+            .routes(routes!(read_stats))
             .layer(DefaultBodyLimit::max(input::BODY_LIMIT))
-            .with_state(self)
     }
 }
 
 /// `POST /hash`: 200 with the new id as plain text, once the hash is committed.
+#[utoipa::path(
+    post,
+    path = "/hash",
+    tag = "hashes",
+    summary = "Hash a password",
+    description = "Answers with the new hash's id at once; the hash is readable at `GET /hash/{id}` \
+        from `--hash-delay` (5 s) later. Ids are 1, 2, 3 … in commit order and never reused. The \
+        password is hashed as the exact bytes sent and is never stored. A body with no content \
+        type is read as a urlencoded form.",
+    request_body(
+        description = "The `password` field, in any of these forms",
+        content(
+            (input::PasswordForm = "application/x-www-form-urlencoded"),
+            (input::PasswordForm = "multipart/form-data"),
+            (input::PasswordForm = "application/json"),
+        ),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "The hash is committed; the body is its id",
+            body = String,
+            content_type = "text/plain; charset=utf-8",
+            headers(("Location" = String, description = "Where the hash will be: `/hash/{id}`")),
+            example = json!("1"),
+        ),
+        (status = 400, description = "No `password`, an empty one, or a body that is not the form its content type says", body = ErrorShape),
+        (status = 415, description = "A content type other than a urlencoded form, a multipart form or JSON", body = ErrorShape),
+        BodyFaults,
+        ServerFaults,
+        WriteFaults,
+    ),
+)]
 async fn create_hash(State(hashes): State<Hashes>, request: Request) -> Result<Response> {
     // The handling time starts before the body is read: reading it is part of the work.
     let arrived = Instant::now();
@@ -122,6 +156,30 @@ async fn create_hash(State(hashes): State<Hashes>, request: Request) -> Result<R
 
 /// `GET /hash/{id}`: the base64 SHA-512 once ready; 404 with `Retry-After` until then, and a
 /// plain 404 for an id never given or a hash past its retention (deleted or about to be).
+#[utoipa::path(
+    get,
+    path = "/hash/{id}",
+    tag = "hashes",
+    summary = "Read a hash",
+    params(("id" = String, Path, description = "The id `POST /hash` answered with", pattern = "^[0-9]+$")),
+    responses(
+        (
+            status = 200,
+            description = "base64 (standard, padded) of the password's SHA-512",
+            body = String,
+            content_type = "text/plain; charset=utf-8",
+            example = json!("ZEHhWB65gUlzdVwtDQArEyx+KVLzp/aTaRaPlBzYRIFj6vjFdqEb0Q5B8zVKCZ0vKbZPZklJz0Fd7su2A+gf7Q=="),
+        ),
+        (status = 400, description = "The id is not a decimal number", body = ErrorShape),
+        (
+            status = 404,
+            description = "No hash has that id (never given, or past `--hash-retention`), or it is not ready yet: then `Retry-After` says when it will be",
+            body = ErrorShape,
+            headers(("Retry-After" = u64, description = "Seconds until the hash is ready; only while it is not")),
+        ),
+        ServerFaults,
+    ),
+)]
 async fn read_hash(
     State(hashes): State<Hashes>,
     PathParams(id): PathParams<String>,
@@ -160,7 +218,7 @@ fn parse_id(id: &str) -> Result<Option<i64>> {
 }
 
 /// The body of `GET /stats`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Stats {
     /// Accepted `POST /hash` requests since the database was created.
     total: i64,
@@ -169,6 +227,16 @@ struct Stats {
 }
 
 /// `GET /stats`.
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "hashes",
+    summary = "Count the hash requests",
+    responses(
+        (status = 200, description = "Every accepted `POST /hash` since the database was created", body = Stats),
+        ServerFaults,
+    ),
+)]
 async fn read_stats(State(hashes): State<Hashes>) -> Result<Json<Stats>> {
     let totals = store::totals(&hashes.reads).await?;
     let average = match totals.total {

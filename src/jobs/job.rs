@@ -9,7 +9,9 @@ use super::store::JobRow;
 use crate::error::{Error, Result};
 
 /// Where a job is in its life. `queued` and `running` are the only ones it leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(rename_all = "lowercase")]
 pub enum JobStatus {
@@ -145,12 +147,18 @@ impl Ending {
 }
 
 /// The body of `POST /jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
+    /// The program: a path, or a name looked up in `PATH`.
+    #[schema(min_length = 1, max_length = 4096)]
     pub command: String,
+    /// Its arguments (none unless given); no NUL bytes.
     #[serde(default)]
+    #[schema(max_items = 4096)]
     pub args: Vec<String>,
+    /// A name for people to tell jobs apart by.
+    #[schema(max_length = 256)]
     pub name: Option<String>,
 }
 
@@ -174,23 +182,30 @@ impl NewJob {
     }
 }
 
-/// A job as the API shows it.
-#[derive(Debug, Serialize)]
+/// A job as the API shows it. Times are ms since the Unix epoch.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
+    #[schema(format = "uuid")]
     pub id: String,
     pub name: Option<String>,
     pub command: String,
     pub args: Vec<String>,
+    /// The user who queued it.
     pub owner: String,
     pub status: JobStatus,
+    /// The process's exit code, once it has exited.
     pub exit_code: Option<i64>,
+    /// The signal that killed the process, if one did.
     pub signal: Option<i64>,
+    /// Why the job failed or was interrupted, when its exit status does not say.
     pub error: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// How many bytes of output are stored.
     pub output_bytes: i64,
+    /// Output was dropped: past `--job-output-limit`, or past `--max-db-size`.
     pub output_truncated: bool,
 }
 

@@ -17,20 +17,22 @@ mod store;
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::clock::Clock;
 use crate::db::{Database, Writer};
 use crate::error::{Error, Result, StorageFault};
 use crate::http::{PathParams, QueryParams, read_body};
+use crate::openapi::{AuthFaults, BodyFaults, ErrorShape, ServerFaults, WriteFaults};
 use crate::security::principal::Principal;
 use crate::security::tokens::TokenKeys;
 use crate::service::{Context, Service};
@@ -107,18 +109,39 @@ impl Service for Jobs {
         })
     }
 
-    fn router(self) -> Router {
-        Router::new()
-            .route("/jobs", post(create_job).get(list_jobs))
-            .route("/jobs/{id}", get(read_job).delete(delete_job))
-            .route("/jobs/{id}/stop", post(stop_job))
-            .route("/jobs/{id}/output", get(read_output))
+    fn routes() -> OpenApiRouter<Self> {
+        OpenApiRouter::new()
+            .routes(routes!(create_job, list_jobs))
+            .routes(routes!(read_job, delete_job))
+            .routes(routes!(stop_job))
+            .routes(routes!(read_output))
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
-            .with_state(self)
     }
 }
 
 /// `POST /jobs`: 201 with the queued job and its `Location`.
+#[utoipa::path(
+    post,
+    path = "/jobs",
+    tag = "jobs",
+    summary = "Queue a job",
+    description = "The program is run directly (never through a shell), once, by the next free \
+        worker, as the caller's job; `command` is looked up in `PATH` unless it holds a `/`.",
+    request_body = NewJob,
+    responses(
+        (
+            status = 201,
+            description = "The job is queued",
+            body = Job,
+            headers(("Location" = String, description = "The job: `/jobs/{id}`")),
+        ),
+        (status = 400, description = "The body is not a job request, or breaks one of its limits", body = ErrorShape),
+        AuthFaults,
+        BodyFaults,
+        ServerFaults,
+        WriteFaults,
+    ),
+)]
 async fn create_job(
     State(jobs): State<Jobs>,
     principal: Principal,
@@ -157,20 +180,47 @@ async fn create_job(
         .into_response())
 }
 
-#[derive(Debug, Deserialize, serde::Serialize)]
+/// The query of `GET /jobs`.
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only jobs in this status.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
+    /// How many jobs the page holds at most (100 unless given); a page may end early once
+    /// its jobs' commands and arguments pass 1 MiB.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
-    /// The id of the last job of the previous page.
+    /// The id of the last job of the previous page, as the `Link` header gives it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(format = "uuid")]
     after: Option<String>,
 }
 
 /// `GET /jobs[?status=S][&limit=N][&after=ID]`: a page of the jobs the caller may see,
 /// newest first, and `Link: <…>; rel="next"` while more follow.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    summary = "List jobs",
+    description = "A page of the jobs the caller may see (a user its own, an admin all), newest first.",
+    params(ListQuery),
+    responses(
+        (
+            status = 200,
+            description = "A page of jobs",
+            body = Vec<Job>,
+            headers(("Link" = String, description = "`</jobs?…>; rel=\"next\"`: the next page, while more jobs follow")),
+        ),
+        (status = 400, description = "An unknown status or query key, a limit out of range, or an `after` that is not a job of the previous page", body = ErrorShape),
+        AuthFaults,
+        ServerFaults,
+    ),
+)]
 async fn list_jobs(
     State(jobs): State<Jobs>,
     principal: Principal,
@@ -235,6 +285,22 @@ async fn list_jobs(
 
 /// `DELETE /jobs/{id}`: 204 for a finished job, whose output and record are then deleted;
 /// 409 while it is queued or running.
+#[utoipa::path(
+    delete,
+    path = "/jobs/{id}",
+    tag = "jobs",
+    summary = "Delete a finished job and its output",
+    params(("id" = String, Path, description = "The job's id", format = "uuid")),
+    responses(
+        (status = 204, description = "The job is deleted; its output is removed in the background"),
+        (status = 400, description = "The id is not a UUID", body = ErrorShape),
+        (status = 404, description = "No job with that id that the caller may see (another user's job is not revealed)", body = ErrorShape),
+        (status = 409, description = "The job is queued or running: stop it first", body = ErrorShape),
+        AuthFaults,
+        ServerFaults,
+        WriteFaults,
+    ),
+)]
 async fn delete_job(
     State(jobs): State<Jobs>,
     principal: Principal,
@@ -261,6 +327,20 @@ async fn delete_job(
 }
 
 /// `GET /jobs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    tag = "jobs",
+    summary = "Read a job",
+    params(("id" = String, Path, description = "The job's id", format = "uuid")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 400, description = "The id is not a UUID", body = ErrorShape),
+        (status = 404, description = "No job with that id that the caller may see (another user's job is not revealed)", body = ErrorShape),
+        AuthFaults,
+        ServerFaults,
+    ),
+)]
 async fn read_job(
     State(jobs): State<Jobs>,
     principal: Principal,
@@ -274,6 +354,24 @@ async fn read_job(
 /// `POST /jobs/{id}/stop`: stops a queued job at once, a running one with SIGTERM (SIGKILL
 /// after the grace), and answers with the job once it has ended. Idempotent: a stopped job
 /// answers 200 again; a job that ended any other way answers 409.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/stop",
+    tag = "jobs",
+    summary = "Stop a job",
+    description = "A queued job stops at once; a running one gets SIGTERM, and SIGKILL after \
+        `--job-stop-grace`. Answers once the job has ended. Stopping a stopped job answers 200 again.",
+    params(("id" = String, Path, description = "The job's id", format = "uuid")),
+    responses(
+        (status = 200, description = "The job, stopped", body = Job),
+        (status = 400, description = "The id is not a UUID", body = ErrorShape),
+        (status = 404, description = "No job with that id that the caller may see (another user's job is not revealed)", body = ErrorShape),
+        (status = 409, description = "The job had already ended some other way", body = ErrorShape),
+        AuthFaults,
+        ServerFaults,
+        WriteFaults,
+    ),
+)]
 async fn stop_job(
     State(jobs): State<Jobs>,
     principal: Principal,
@@ -332,15 +430,40 @@ async fn stop_job(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /jobs/{id}/output`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct OutputQuery {
+    /// Where to start, in bytes from the start of the output (0 unless given).
+    #[param(maximum = 9_223_372_036_854_775_807_u64)]
     offset: Option<u64>,
+    /// Go on sending output as the job makes it, until the job ends.
     follow: Option<bool>,
 }
 
 /// `GET /jobs/{id}/output[?offset=N][&follow=true]`: the output bytes from `offset`; with
 /// `follow`, the stream goes on as output is committed and ends when the job does.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/output",
+    tag = "jobs",
+    summary = "Read or follow a job's output",
+    params(("id" = String, Path, description = "The job's id", format = "uuid"), OutputQuery),
+    responses(
+        (
+            status = 200,
+            description = "stdout and stderr as captured, in order, from `offset`; with `follow`, the \
+                stream ends when the job does (or is cut when warden shuts down)",
+            body = [u8],
+            content_type = "application/octet-stream",
+        ),
+        (status = 400, description = "The id is not a UUID, or the query is not `offset` and `follow`", body = ErrorShape),
+        (status = 404, description = "No job with that id that the caller may see (another user's job is not revealed)", body = ErrorShape),
+        AuthFaults,
+        ServerFaults,
+    ),
+)]
 async fn read_output(
     State(jobs): State<Jobs>,
     principal: Principal,

@@ -21,6 +21,26 @@ const INSTANCES_PAGE: i64 = 100;
 /// (Pages of 100 made a listing of 1 000 groups a tenth slower, for no memory worth saving.)
 const GROUPS_PAGE: i64 = 1000;
 
+/// A group as `GET /` lists it. SQLite builds this JSON itself (see `groups_page`); this type
+/// is its description for the API document, so the two are kept together here.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[expect(
+    dead_code,
+    reason = "only its API description is used: SQLite builds the JSON"
+)]
+pub struct GroupSummary {
+    /// The group's name.
+    group: String,
+    /// How many live instances it has (at least 1).
+    #[schema(minimum = 1)]
+    instances: i64,
+    /// When its oldest live instance registered (ms since the Unix epoch).
+    created_at: i64,
+    /// Its latest heartbeat (ms since the Unix epoch).
+    last_updated_at: i64,
+}
+
 /// What a listing lists.
 #[derive(Debug)]
 pub enum Listed {

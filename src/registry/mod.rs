@@ -17,20 +17,22 @@ mod store;
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::clock::{Clock, millis};
 use crate::db::{Database, Writer};
 use crate::error::{Error, ErrorBody, Result};
 use crate::http::{PathParams, read_body};
+use crate::openapi::{BodyFaults, ErrorShape, ServerFaults, WriteFaults};
 use crate::service::{Context, Service};
-use listing::{Listed, Listing, json_response};
+use listing::{GroupSummary, Listed, Listing, json_response};
 use store::{Heartbeat, Instance, RecordHeartbeats};
 
 /// The most a heartbeat body may weigh. More than [`META_LIMIT`]: the body may carry other
@@ -139,16 +141,12 @@ impl Service for Registry {
         })
     }
 
-    fn router(self) -> Router {
-        Router::new()
-            .route("/", get(list_groups))
-            .route("/{group}", get(list_instances))
-            .route(
-                "/{group}/{id}",
-                post(heartbeat).get(read_instance).delete(unregister),
-            )
+    fn routes() -> OpenApiRouter<Self> {
+        OpenApiRouter::new()
+            .routes(routes!(list_groups))
+            .routes(routes!(list_instances))
+            .routes(routes!(heartbeat, read_instance, unregister))
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
-            .with_state(self)
     }
 }
 
@@ -159,6 +157,30 @@ impl Registry {
 }
 
 /// `POST /{group}/{id}`: 201 with the instance on first registration, 200 on a refresh.
+#[utoipa::path(
+    post,
+    path = "/{group}/{id}",
+    tag = "registry",
+    summary = "Register or refresh an instance (a heartbeat)",
+    description = "The meta is the object under the body's `\"meta\"` key if it has one, else the whole \
+        body object; no body keeps the meta a refresh had (`{}` for a new instance). `updatedAt` \
+        strictly increases with each heartbeat; `createdAt` stays while the instance lives. An \
+        instance lives until `--instance-ttl` (30 s) passes without a heartbeat.",
+    params(("group" = String, Path, description = "The group: 1 to 64 of `A-Z a-z 0-9 . _ -`", pattern = "^[A-Za-z0-9._-]{1,64}$"), ("id" = String, Path, description = "The instance's id in its group: 1 to 128 of `A-Z a-z 0-9 . _ : -`", pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    request_body(
+        description = "The instance's meta (at most 8 KiB as compact JSON), or nothing",
+        content = Object,
+        content_type = "application/json",
+    ),
+    responses(
+        (status = 201, description = "A new instance", body = Instance),
+        (status = 200, description = "A live instance, refreshed", body = Instance),
+        (status = 400, description = "The group or the id breaks its rule, or the body is not a JSON object", body = ErrorShape),
+        BodyFaults,
+        ServerFaults,
+        WriteFaults,
+    ),
+)]
 async fn heartbeat(
     State(registry): State<Registry>,
     PathParams((group, id)): PathParams<(String, String)>,
@@ -183,6 +205,19 @@ async fn heartbeat(
 }
 
 /// `GET /{group}/{id}`: the live instance, or 404.
+#[utoipa::path(
+    get,
+    path = "/{group}/{id}",
+    tag = "registry",
+    summary = "Read a live instance",
+    params(("group" = String, Path, description = "The group: 1 to 64 of `A-Z a-z 0-9 . _ -`", pattern = "^[A-Za-z0-9._-]{1,64}$"), ("id" = String, Path, description = "The instance's id in its group: 1 to 128 of `A-Z a-z 0-9 . _ : -`", pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    responses(
+        (status = 200, description = "The instance", body = Instance),
+        (status = 400, description = "The group or the id breaks its rule", body = ErrorShape),
+        (status = 404, description = "No live instance has that group and id", body = ErrorShape),
+        ServerFaults,
+    ),
+)]
 async fn read_instance(
     State(registry): State<Registry>,
     PathParams((group, id)): PathParams<(String, String)>,
@@ -195,6 +230,19 @@ async fn read_instance(
 }
 
 /// `GET /{group}`: the group's live instances by id, a page at a time; 404 when it has none.
+#[utoipa::path(
+    get,
+    path = "/{group}",
+    tag = "registry",
+    summary = "List a group's live instances",
+    params(("group" = String, Path, description = "The group: 1 to 64 of `A-Z a-z 0-9 . _ -`", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    responses(
+        (status = 200, description = "The group's live instances, by id", body = Vec<Instance>),
+        (status = 400, description = "The group breaks its rule", body = ErrorShape),
+        (status = 404, description = "The group has no live instance", body = ErrorShape),
+        ServerFaults,
+    ),
+)]
 async fn list_instances(
     State(registry): State<Registry>,
     PathParams(group): PathParams<String>,
@@ -208,6 +256,16 @@ async fn list_instances(
 }
 
 /// `GET /`: every group with a live instance, by name, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "registry",
+    summary = "List the groups that have a live instance",
+    responses(
+        (status = 200, description = "Every group with a live instance, by name", body = Vec<GroupSummary>),
+        ServerFaults,
+    ),
+)]
 async fn list_groups(State(registry): State<Registry>) -> Result<Response> {
     let listing = Listing::new(&registry, Listed::Groups);
     Ok(listing
@@ -228,6 +286,20 @@ fn meta_too_large() -> Response {
 }
 
 /// `DELETE /{group}/{id}`: 204; 404 if there is no live instance.
+#[utoipa::path(
+    delete,
+    path = "/{group}/{id}",
+    tag = "registry",
+    summary = "Remove an instance",
+    params(("group" = String, Path, description = "The group: 1 to 64 of `A-Z a-z 0-9 . _ -`", pattern = "^[A-Za-z0-9._-]{1,64}$"), ("id" = String, Path, description = "The instance's id in its group: 1 to 128 of `A-Z a-z 0-9 . _ : -`", pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    responses(
+        (status = 204, description = "The instance is gone"),
+        (status = 400, description = "The group or the id breaks its rule", body = ErrorShape),
+        (status = 404, description = "No live instance has that group and id", body = ErrorShape),
+        ServerFaults,
+        WriteFaults,
+    ),
+)]
 async fn unregister(
     State(registry): State<Registry>,
     PathParams((group, id)): PathParams<(String, String)>,

@@ -21,13 +21,19 @@ pub struct Heartbeat {
 }
 
 /// An instance as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Instance {
+    /// Its id in its group.
     pub id: String,
+    /// Its group.
     pub group: String,
+    /// When it registered (ms since the Unix epoch); it stays while the instance lives.
     pub created_at: i64,
+    /// Its last heartbeat (ms since the Unix epoch); it strictly increases with each.
     pub updated_at: i64,
+    /// What its heartbeats carry.
+    #[schema(value_type = Object)]
     pub meta: Box<RawValue>,
 }
 

@@ -16,6 +16,7 @@ mod connections;
 mod deadline;
 mod host;
 mod listeners;
+pub mod openapi;
 mod reports;
 
 use std::net::SocketAddr;
@@ -66,6 +67,8 @@ pub enum StartError {
     Pki(#[from] PkiError),
     #[error("cannot set up TLS on the jobs listener: {0}")]
     Tls(#[from] TlsError),
+    #[error("cannot write the API documents: {0}")]
+    Documents(#[from] serde_json::Error),
     #[error("cannot listen for {service} on {addr}: {source}")]
     Bind {
         service: &'static str,
@@ -149,9 +152,9 @@ impl App {
             let mut hashes =
                 bind_service::<Hashes>(context, config.hashes_addr, settings, None).await?;
             // The hash contract has its own `/shutdown`, which answers even while draining.
-            hashes.router = hashes
-                .router
-                .merge(admin::shutdown_router(shutdown.clone()));
+            hashes.router = hashes.router.merge(Router::from(
+                admin::shutdown_routes().with_state(shutdown.clone()),
+            ));
             services.push(hashes);
         }
         if !config.no_registry {
@@ -184,6 +187,7 @@ impl App {
             services: ServiceBoard::default(),
             storage: db.health().clone(),
             shutdown: shutdown.clone(),
+            documents: Arc::new(openapi::documents()?),
         };
         let admin_listener = bind("admin", config.admin_addr).await?;
         stop_on_error.disarm();
@@ -286,7 +290,9 @@ impl App {
             tracing::info!(service = "admin", %addr, "listening");
         }
         let admin_stop = CancellationToken::new();
-        let admin_router = with_common_layers(admin::router(admin), "admin");
+        let shutdown_routes = admin::shutdown_routes().with_state(admin.shutdown.clone());
+        let admin_router = admin::routes().with_state(admin).merge(shutdown_routes);
+        let admin_router = with_common_layers(admin_router.into(), "admin");
         let admin_server = tokio::spawn(serve_listener(
             "admin",
             admin_listener,
@@ -336,10 +342,9 @@ where
 {
     let listener = bind(S::NAME, addr).await?;
     let service = S::start(context, settings).await?;
-    let router = service.router().layer(middleware::from_fn_with_state(
-        context.shutdown.clone(),
-        refuse_when_draining,
-    ));
+    let router = Router::from(S::routes().with_state(service)).layer(
+        middleware::from_fn_with_state(context.shutdown.clone(), refuse_when_draining),
+    );
     Ok(BoundService {
         name: S::NAME,
         listener,

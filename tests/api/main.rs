@@ -13,6 +13,7 @@
 //!   drain's bound on clients that do not read, and how refused TLS connections are logged;
 //! - `lifecycle`: health, the data-dir lock and the graceful drain, in-process;
 //! - `process`: the binary as an operator runs it: settings, signals, kill -9, the CLI;
+//! - `openapi`: the API documents, against the routes each listener serves;
 //! - `migrations`: databases from earlier releases (dumps in `tests/fixtures/`) upgrade
 //!   with their data intact.
 //!
@@ -27,6 +28,7 @@ mod job_retention;
 mod jobs;
 mod lifecycle;
 mod migrations;
+mod openapi;
 mod process;
 mod registry;
 mod tls;
