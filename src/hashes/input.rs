@@ -13,6 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{StatusCode, header};
 use serde::Deserialize;
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 
 use crate::error::{Error, Result};
 use crate::http::{body_error, read_body};
@@ -41,6 +42,33 @@ pub struct PasswordForm {
     #[schema(min_length = 1)]
     password: String,
 }
+
+/// The multipart form `POST /hash` reads, as its API description shows it: a
+/// [`PasswordForm`] whose field names hold no control character but tab, since a multipart
+/// part's headers, which carry the names, cannot.
+pub struct PasswordMultipart;
+
+impl utoipa::PartialSchema for PasswordMultipart {
+    fn schema() -> RefOr<Schema> {
+        let password = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .description(Some("The password, as the bytes sent"));
+        let name = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f]*$"));
+        RefOr::T(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property("password", password)
+                .required("password")
+                .property_names(Some(name))
+                .build(),
+        ))
+    }
+}
+
+impl utoipa::ToSchema for PasswordMultipart {}
 
 #[derive(Deserialize)]
 struct PasswordField {

@@ -105,7 +105,7 @@ impl Service for Hashes {
         description = "The `password` field, in any of these forms",
         content(
             (input::PasswordForm = "application/x-www-form-urlencoded"),
-            (input::PasswordForm = "multipart/form-data"),
+            (input::PasswordMultipart = "multipart/form-data"),
             (input::PasswordForm = "application/json"),
         ),
     ),

@@ -4,6 +4,7 @@
 //! table's `CHECK`) and in JSON, both spelled by the one `lowercase` rule below.
 
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 
 use super::store::JobRow;
 use crate::error::{Error, Result};
@@ -151,16 +152,33 @@ impl Ending {
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// The program: a path, or a name looked up in `PATH`.
-    #[schema(min_length = 1, max_length = 4096)]
+    #[schema(min_length = 1, max_length = 4096, pattern = "^[^\\u0000]*$")]
     pub command: String,
-    /// Its arguments (none unless given); no NUL bytes.
+    /// Its arguments (none unless given).
     #[serde(default)]
-    #[schema(max_items = 4096)]
+    #[schema(max_items = 4096, value_type = Vec<Argument>)]
     pub args: Vec<String>,
     /// A name for people to tell jobs apart by.
     #[schema(max_length = 256)]
     pub name: Option<String>,
 }
+
+/// One argument of a job, as its API description shows it: any text without a NUL, which no
+/// argument of a program can hold.
+pub struct Argument;
+
+impl utoipa::PartialSchema for Argument {
+    fn schema() -> RefOr<Schema> {
+        RefOr::T(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[^\\u0000]*$"))
+                .build(),
+        ))
+    }
+}
+
+impl utoipa::ToSchema for Argument {}
 
 impl NewJob {
     /// 400 unless the request can be queued as it is.
@@ -169,14 +187,19 @@ impl NewJob {
         if self.command.is_empty() {
             return bad("`command` must not be empty");
         }
-        if self.command.len() > 4096 || self.args.len() > 4096 {
+        // Lengths in characters, as the API document's `maxLength` counts them.
+        if self.command.chars().count() > 4096 || self.args.len() > 4096 {
             return bad("`command` or `args` is too long");
         }
         if self.command.contains('\0') || self.args.iter().any(|arg| arg.contains('\0')) {
             return bad("`command` and `args` must not contain NUL bytes");
         }
-        if self.name.as_ref().is_some_and(|name| name.len() > 256) {
-            return bad("`name` must be at most 256 bytes");
+        if self
+            .name
+            .as_ref()
+            .is_some_and(|name| name.chars().count() > 256)
+        {
+            return bad("`name` must be at most 256 characters");
         }
         Ok(())
     }

@@ -23,6 +23,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use utoipa::openapi::{RefOr, Required};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -142,11 +143,24 @@ impl Service for Registry {
     }
 
     fn routes() -> OpenApiRouter<Self> {
-        OpenApiRouter::new()
+        let mut routes = OpenApiRouter::new()
             .routes(routes!(list_groups))
             .routes(routes!(list_instances))
             .routes(routes!(heartbeat, read_instance, unregister))
-            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(DefaultBodyLimit::max(BODY_LIMIT));
+        // A heartbeat's body is optional, but when there is one it is an object, never
+        // `null`: `#[utoipa::path]` cannot say both, so the requirement is lifted here.
+        let heartbeat_body = routes
+            .get_openapi_mut()
+            .paths
+            .paths
+            .get_mut("/{group}/{id}")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|operation| operation.request_body.as_mut());
+        if let Some(RefOr::T(body)) = heartbeat_body {
+            body.required = Some(Required::False);
+        }
+        routes
     }
 }
 

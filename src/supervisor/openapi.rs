@@ -107,7 +107,7 @@ fn with_credentials(mut document: OpenApi) -> OpenApi {
 }
 
 /// Adds `x-request-id` to every operation: a header the request may carry (kept if it is one
-/// plain token of at most 128 characters) and every answer does. Both are described once, in
+/// plain token of at most 128 characters, replaced otherwise) and every answer does. Both are described once, in
 /// the components, and referred to from each operation.
 fn with_request_ids(document: &mut OpenApi) {
     let schema = || {
@@ -127,10 +127,13 @@ fn with_request_ids(document: &mut OpenApi) {
                 .parameter_in(ParameterIn::Header)
                 .required(Required::False)
                 .description(Some(
-                    "The request's id for the logs; one is made when it is absent or not one \
-                     plain token",
+                    "The request's id for the logs, kept if it is one plain token of 1 to 128 \
+                     of `A-Z a-z 0-9 . _ : -`; any other value is replaced by a new id, never \
+                     refused",
                 ))
-                .schema(schema())
+                .schema(Some(RefOr::T(Schema::Object(
+                    ObjectBuilder::new().schema_type(Type::String).build(),
+                ))))
                 .build(),
         ),
     );
