@@ -1,4 +1,5 @@
-//! The admin listener: `GET /healthz` (services and storage) and `/shutdown`.
+//! The admin listener: `GET /healthz` (services and storage), `GET /metrics` (Prometheus
+//! text, see [`crate::telemetry`]) and `/shutdown`.
 //!
 //! `/shutdown` is also mounted on the hashes listener (its contract has it). It only starts
 //! the same drain a SIGTERM starts, and only for loopback peers: anyone who can reach the port
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::millis;
 use crate::db::StorageHealth;
 use crate::error::{Error, Result};
+use crate::telemetry::Telemetry;
 
 /// Whether a service is serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,15 +58,19 @@ pub struct Admin {
     pub services: ServiceBoard,
     pub storage: StorageHealth,
     pub shutdown: CancellationToken,
+    /// The App's metrics, for `/metrics`.
+    pub telemetry: Telemetry,
 }
 
-/// `/healthz` and `/shutdown`.
+/// `/healthz`, `/metrics` and `/shutdown`.
 pub fn router(admin: Admin) -> Router {
     let shutdown = shutdown_router(admin.shutdown.clone());
+    let metrics = admin.telemetry.router();
     Router::new()
         .route("/healthz", get(healthz))
         .with_state(admin)
         .merge(shutdown)
+        .merge(metrics)
 }
 
 /// `GET` and `POST /shutdown`, for every listener whose contract has it.

@@ -11,6 +11,7 @@
 //! short read that resumes after the last key sent, so a reader holds one page whatever the
 //! size of the registry, and no read stays open while a client takes its time.
 
+mod gauges;
 mod listing;
 mod purge;
 mod store;
@@ -30,6 +31,7 @@ use crate::db::{Database, Writer};
 use crate::error::{Error, ErrorBody, Result};
 use crate::http::{PathParams, read_body};
 use crate::service::{Context, Service};
+use crate::telemetry::REGISTRY_PURGED_INSTANCES;
 use listing::{Listed, Listing, json_response};
 use store::{Heartbeat, Instance, RecordHeartbeats};
 
@@ -109,6 +111,7 @@ impl Service for Registry {
             tasks,
             shutdown,
             clock,
+            telemetry,
         } = context;
         let liveness = Liveness {
             ttl_ms: millis(settings.ttl),
@@ -121,6 +124,7 @@ impl Service for Registry {
                 liveness,
             },
             tasks,
+            telemetry,
         );
         purge::start(
             db.clone(),
@@ -129,8 +133,10 @@ impl Service for Registry {
             settings.purge_every,
             tasks,
             shutdown.clone(),
+            telemetry.counter(REGISTRY_PURGED_INSTANCES, Vec::new()),
         )
         .await?;
+        gauges::report_live_instances(telemetry, db, clock, liveness);
         Ok(Self {
             writer,
             db: db.clone(),
