@@ -127,7 +127,7 @@ impl Telemetry {
         tokio::task::spawn_blocking(move || handle.render()).await
     }
 
-    /// Folds recorded histogram samples into their buckets every [`UPKEEP_EVERY`] until
+    /// Folds recorded histogram samples into their buckets every 5 s (`UPKEEP_EVERY`) until
     /// `stop`: without an exporter of its own the recorder leaves that to its owner, and
     /// samples would pile up between scrapes (or forever, if nobody scrapes).
     pub fn keep_up(&self, tasks: &TaskTracker, stop: CancellationToken) {
