@@ -1,5 +1,6 @@
-//! The admin listener: `GET /healthz` (services and storage), `/shutdown`, and the OpenAPI
-//! document of every listener at `GET /openapi/{listener}.json`.
+//! The admin listener: `GET /healthz` (services and storage), `GET /metrics` (Prometheus
+//! text, see [`crate::telemetry`]), `/shutdown`, and the OpenAPI document of every listener at
+//! `GET /openapi/{listener}.json`.
 //!
 //! `/shutdown` is also mounted on the hashes listener (its contract has it). It only starts
 //! the same drain a SIGTERM starts, and only for loopback peers: anyone who can reach the port
@@ -25,6 +26,7 @@ use crate::db::{Ailment, StorageHealth};
 use crate::error::{Error, Result};
 use crate::http::PathParams;
 use crate::openapi::{Api, ErrorShape};
+use crate::telemetry::Telemetry;
 
 /// Whether a service is serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -63,12 +65,15 @@ pub struct Admin {
     pub shutdown: CancellationToken,
     /// Every listener's OpenAPI document, as JSON.
     pub documents: Arc<BTreeMap<Api, Bytes>>,
+    /// The App's metrics, for `/metrics`.
+    pub telemetry: Telemetry,
 }
 
-/// `/healthz` and `/openapi/{file}`; [`shutdown_routes`] adds `/shutdown`.
+/// `/healthz`, `/metrics` and `/openapi/{file}`; [`shutdown_routes`] adds `/shutdown`.
 pub fn routes() -> OpenApiRouter<Admin> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
+        .routes(routes!(read_metrics))
         .routes(routes!(read_document))
 }
 
@@ -155,6 +160,30 @@ async fn healthz(State(admin): State<Admin>) -> (StatusCode, Json<Health>) {
     };
     (code, Json(health))
 }
+
+/// `GET /metrics`: every metric in Prometheus's text format, its gauges read just now.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "admin",
+    summary = "Metrics, for Prometheus to scrape",
+    responses(
+        (status = 200, description = "Every metric, in Prometheus's text exposition format 0.0.4", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 500, description = "The metrics could not be rendered", body = ErrorShape),
+    ),
+)]
+async fn read_metrics(State(admin): State<Admin>) -> Result<Response> {
+    let text = admin
+        .telemetry
+        .render()
+        .await
+        .map_err(|error| Error::Internal(format!("rendering the metrics failed: {error}")))?;
+    Ok(([(header::CONTENT_TYPE, METRICS_FORMAT)], text).into_response())
+}
+
+/// The content type of Prometheus's text exposition format.
+const METRICS_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /openapi/{file}`: a listener's OpenAPI document, the same `warden openapi` prints.
 #[utoipa::path(

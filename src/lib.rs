@@ -23,7 +23,8 @@
 //! - [`db`]: the SQLite file (WAL, `synchronous`, foreign keys, busy timeout), migrations
 //!   and the one write connection, kept clean after any failure (`db/mod.rs`); the
 //!   group-commit [`db::Writer`] every hot write goes through (`db/writer.rs`); which write
-//!   paths fail, for `/healthz` (`db/health.rs`); the data-directory lock (`db/lock.rs`).
+//!   paths fail, for `/healthz` (`db/health.rs`); the file's and the WAL's sizes, for
+//!   `/metrics` (`db/sizes.rs`); the data-directory lock (`db/lock.rs`).
 //! - [`error`]: the error type handlers return and its JSON shape.
 //! - [`http`]: the HTTP edge every service shares: path, query and body extractors that
 //!   answer with our error shape, and the middleware for axum's own error responses.
@@ -33,19 +34,27 @@
 //!   (`store.rs`), input parsing (`input.rs`), the purge past `--hash-retention`
 //!   (`retention.rs`), and the CLI's client (`client.rs`).
 //! - [`registry`]: heartbeat discovery: router (`mod.rs`), SQL (`store.rs`), the paged and
-//!   streamed listings (`listing.rs`) and the purge job (`purge.rs`).
+//!   streamed listings (`listing.rs`), the purge job (`purge.rs`) and the live-instance
+//!   gauge (`gauges.rs`).
 //! - [`jobs`]: the job runner: router (`mod.rs`); a job's request, status, ending and API
 //!   record (`job.rs`); SQL of jobs (`store/mod.rs`), of their output (`store/output.rs`)
 //!   and of deleting them (`store/deletion.rs`); workers, claims and recovery (`runner.rs`);
 //!   spawning, signalling and finding processes (`process.rs`); the output pump, the
 //!   followers' window and the output reader (`output.rs`); deleting jobs past
-//!   `--job-retention` or by `DELETE` (`retention.rs`); the CLI's client (`client.rs`).
+//!   `--job-retention` or by `DELETE` (`retention.rs`); the jobs-by-status gauges
+//!   (`gauges.rs`); the CLI's client (`client.rs`).
 //! - [`security`]: who a caller is (`principal.rs`), bearer tokens (`tokens.rs`), the
 //!   development PKI (`pki.rs`), and TLS configuration and identity (`tls.rs`).
-//! - [`admin`]: `GET /healthz`, `/shutdown` and `GET /openapi/{listener}.json`.
+//! - [`admin`]: `GET /healthz`, `GET /metrics`, `/shutdown` and
+//!   `GET /openapi/{listener}.json`.
+//! - [`telemetry`]: the App's own Prometheus recorder, the scrape hooks and `/metrics`
+//!   (`telemetry/mod.rs`); every metric's name, help and buckets (`telemetry/catalog.rs`); the
+//!   request metrics every listener shares (`telemetry/http.rs`). Each service reports its
+//!   scrape-time gauges from its own folder (`registry/gauges.rs`, `jobs/gauges.rs`,
+//!   `db/sizes.rs`).
 //!
 //! Dependencies point one way: `supervisor` → services → `db`/`error`/`http`/`clock`/
-//! `security`/`service`/`openapi`. Services never import each other.
+//! `security`/`service`/`openapi`/`telemetry`. Services never import each other.
 
 pub mod admin;
 pub mod cli;
@@ -62,3 +71,4 @@ pub mod registry;
 pub mod security;
 pub mod service;
 pub mod supervisor;
+pub mod telemetry;

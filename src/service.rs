@@ -9,6 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::clock::Clock;
 use crate::db::Database;
+use crate::telemetry::Telemetry;
 
 /// What the supervisor hands every service it starts.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +22,8 @@ pub struct Context<'a> {
     pub shutdown: &'a CancellationToken,
     /// Where "now" comes from.
     pub clock: &'a Clock,
+    /// The App's metrics: a service registers its handles and scrape hooks here.
+    pub telemetry: &'a Telemetry,
 }
 
 /// A service of warden: its state, how it starts, and its routes.

@@ -3,7 +3,8 @@
 //! Reads go through a pool of `query_only` connections. Every write goes through the single
 //! write connection, and hot writes through a [`Writer`] (`writer.rs`): group commits that
 //! answer each caller only once its write is on disk. `lock.rs` keeps one warden per data
-//! directory; `health.rs` tells `/healthz` which write paths fail.
+//! directory; `health.rs` tells `/healthz` which write paths fail; `sizes.rs` tells `/metrics`
+//! how large the file and its WAL are.
 //!
 //! Invariant: whoever takes the write connection gets it clean, outside any transaction.
 //! After a failed statement or commit SQLite may have rolled a transaction back by itself
@@ -16,6 +17,7 @@
 
 mod health;
 mod lock;
+mod sizes;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::error::StorageFault;
+use crate::telemetry::Telemetry;
 pub use health::{Ailment, StorageHealth};
 pub use lock::{DataDirLock, LockError, lock_data_dir};
 pub use writer::{Batch, Writer};
@@ -190,8 +193,20 @@ impl Database {
 
     /// Starts a writer for one kind of batch on a thread of its own; it stops once every
     /// handle is dropped and its queue is empty, and `tasks` tracks it so shutdown waits.
-    pub fn writer<B: Batch>(&self, batch: B, tasks: &TaskTracker) -> Writer<B> {
-        writer::start(self.writes.clone(), self.health.clone(), batch, tasks)
+    /// Its batch sizes, commit times and queue depth go to `telemetry`.
+    pub fn writer<B: Batch>(
+        &self,
+        batch: B,
+        tasks: &TaskTracker,
+        telemetry: &Telemetry,
+    ) -> Writer<B> {
+        writer::start(
+            self.writes.clone(),
+            self.health.clone(),
+            batch,
+            tasks,
+            telemetry,
+        )
     }
 
     /// Takes the write connection for a write that is not worth batching (a delete, a purge

@@ -4,9 +4,11 @@
 //! A caller that got an answer has its write on disk, under the `synchronous` setting chosen;
 //! a caller that got an error has nothing of its batch written, and the next batch starts on a
 //! clean connection (see [`super::WriteSide`]). A writer that stops while it is still needed
-//! is reported in the storage health, never hidden.
+//! is reported in the storage health, never hidden. Each batch's size and commit time are
+//! recorded under the batch's [`Batch::PATH`]; its queue depth is read at each scrape.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -14,6 +16,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::WriteSide;
 use super::health::StorageHealth;
 use crate::error::StorageFault;
+use crate::telemetry::{Telemetry, WriterMetrics};
 
 /// The most requests one group commit takes; more wait for the next.
 pub(super) const MAX_BATCH: usize = 1024;
@@ -87,14 +90,27 @@ impl<B: Batch> Writer<B> {
     }
 }
 
-/// Starts a writer for `batch` on a thread of its own, on the write side `writes`.
+/// Starts a writer for `batch` on a thread of its own, on the write side `writes`, with its
+/// metrics on `telemetry`.
 pub(super) fn start<B: Batch>(
     writes: Arc<Mutex<WriteSide>>,
     health: StorageHealth,
     batch: B,
     tasks: &tokio_util::task::TaskTracker,
+    telemetry: &Telemetry,
 ) -> Writer<B> {
     let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
+    let metrics = WriterMetrics::new(telemetry, B::PATH);
+    // A weak handle: a scrape must not keep the writer from stopping once its users are gone.
+    let waiting = queue.downgrade();
+    let queue_depth = metrics.queue_depth.clone();
+    telemetry.on_scrape(move || {
+        let depth = waiting
+            .upgrade()
+            .map_or(0, |queue| queue.max_capacity() - queue.capacity());
+        queue_depth.set(depth as f64);
+        std::future::ready(())
+    });
     tasks.spawn_blocking(move || {
         // Reports the writer dead unless it ends because every handle is gone (shutdown),
         // whatever ends it: a runtime that cannot start, or a panic unwinding through here.
@@ -108,7 +124,7 @@ pub(super) fn start<B: Batch>(
             .build()
         {
             Ok(runtime) => {
-                runtime.block_on(run(&writes, &health, &batch, pending));
+                runtime.block_on(run(&writes, &health, &batch, &metrics, pending));
                 watch.ended_normally = true;
             }
             // Dropping `pending` here answers every caller with `StorageFault::Stopped`.
@@ -137,11 +153,17 @@ async fn run<B: Batch>(
     writes: &Mutex<WriteSide>,
     health: &StorageHealth,
     batch: &B,
+    metrics: &WriterMetrics,
     mut pending: mpsc::Receiver<Pending<B>>,
 ) {
     let mut taken = Vec::with_capacity(MAX_BATCH);
     let mut requests = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut taken, MAX_BATCH).await > 0 {
+    loop {
+        let size = pending.recv_many(&mut taken, MAX_BATCH).await;
+        if size == 0 {
+            break;
+        }
+        let started = Instant::now();
         let replies: Vec<_> = taken
             .drain(..)
             .map(|Pending { request, reply }| {
@@ -150,6 +172,8 @@ async fn run<B: Batch>(
             })
             .collect();
         let committed = commit(writes, batch, &requests).await;
+        metrics.commit_duration.record(started.elapsed());
+        metrics.batch_size.record(size as f64);
         if committed.as_ref().map_or(true, |replies| B::wrote(replies)) {
             health.record(B::PATH, &committed);
         }

@@ -74,7 +74,9 @@ impl Service for Hashes {
             );
         }
         Ok(Self {
-            writer: context.db.writer(RecordHashes, context.tasks),
+            writer: context
+                .db
+                .writer(RecordHashes, context.tasks, context.telemetry),
             reads: context.db.reads.clone(),
             clock: context.clock.clone(),
             delay: settings.delay,

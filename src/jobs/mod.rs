@@ -8,6 +8,7 @@
 //! jobs still queued.
 
 pub mod client;
+mod gauges;
 mod job;
 mod output;
 mod process;
@@ -87,9 +88,10 @@ impl Service for Jobs {
             tasks,
             shutdown,
             clock,
+            telemetry,
         } = context;
         let keys = TokenKeys::load_or_create(db, clock.now_ms()).await?;
-        let runner = Runner::start(db, tasks, shutdown, clock.clone(), settings).await?;
+        let runner = Runner::start(db, tasks, shutdown, clock.clone(), settings, telemetry).await?;
         let retention = Retention::start(
             db.clone(),
             clock.clone(),
@@ -98,10 +100,11 @@ impl Service for Jobs {
             tasks,
             shutdown.clone(),
         );
+        gauges::report_jobs(telemetry, db);
         Ok(Self {
             retention,
             runner,
-            queue: db.writer(QueueJobs, tasks),
+            queue: db.writer(QueueJobs, tasks, telemetry),
             db: db.clone(),
             keys,
             clock: clock.clone(),

@@ -20,6 +20,7 @@ use super::store::{self, AppendOutput, JobRow};
 use crate::clock::Clock;
 use crate::db::{Database, Writer};
 use crate::error::StorageFault;
+use crate::telemetry::{JOB_OUTPUT, Telemetry};
 
 /// How long output may keep coming after the job's process has ended (a process that left
 /// the group can hold a pipe open forever).
@@ -160,11 +161,13 @@ impl Runner {
         shutdown: &CancellationToken,
         clock: Clock,
         settings: RunnerSettings,
+        telemetry: &Telemetry,
     ) -> Result<Self, StorageFault> {
-        let output = AppendOutput::new(settings.max_db_bytes);
+        let stored = telemetry.counter(JOB_OUTPUT, Vec::new());
+        let output = AppendOutput::new(settings.max_db_bytes, stored);
         let runner = Self {
             db: db.clone(),
-            writer: db.writer(output.clone(), tasks),
+            writer: db.writer(output.clone(), tasks, telemetry),
             output,
             clock,
             queue: Arc::new(Notify::new()),

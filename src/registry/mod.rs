@@ -11,6 +11,7 @@
 //! short read that resumes after the last key sent, so a reader holds one page whatever the
 //! size of the registry, and no read stays open while a client takes its time.
 
+mod gauges;
 mod listing;
 mod purge;
 mod store;
@@ -33,6 +34,7 @@ use crate::error::{Error, ErrorBody, Result};
 use crate::http::{PathParams, read_body};
 use crate::openapi::{BodyFaults, ErrorShape, ServerFaults, WriteFaults};
 use crate::service::{Context, Service};
+use crate::telemetry::REGISTRY_PURGED_INSTANCES;
 use listing::{GroupSummary, Listed, Listing, json_response};
 use store::{Heartbeat, Instance, RecordHeartbeats};
 
@@ -112,6 +114,7 @@ impl Service for Registry {
             tasks,
             shutdown,
             clock,
+            telemetry,
         } = context;
         let liveness = Liveness {
             ttl_ms: millis(settings.ttl),
@@ -124,6 +127,7 @@ impl Service for Registry {
                 liveness,
             },
             tasks,
+            telemetry,
         );
         purge::start(
             db.clone(),
@@ -132,8 +136,10 @@ impl Service for Registry {
             settings.purge_every,
             tasks,
             shutdown.clone(),
+            telemetry.counter(REGISTRY_PURGED_INSTANCES, Vec::new()),
         )
         .await?;
+        gauges::report_live_instances(telemetry, db, clock, liveness);
         Ok(Self {
             writer,
             db: db.clone(),

@@ -306,6 +306,18 @@ pub async fn record_alive(conn: &mut SqliteConnection, now_ms: i64) -> Result<()
     Ok(())
 }
 
+/// How many instances are live: a heartbeat later than `live_after`. A walk of the whole
+/// table (there is no index on the heartbeat time, on purpose: see the migration), so for a
+/// scrape, not for a request.
+pub async fn count_live(reads: &SqlitePool, live_after: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT COUNT(*) AS "live!: i64" FROM instances WHERE updated_at_ms > ?1"#,
+        live_after
+    )
+    .fetch_one(reads)
+    .await
+}
+
 /// When the registry was last known to be running, if ever.
 pub async fn last_alive(reads: &SqlitePool) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar!("SELECT alive_at_ms FROM registry_alive WHERE id = 1")

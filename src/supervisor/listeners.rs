@@ -1,16 +1,16 @@
 //! The listeners: binding, the accept loop every listener runs (plain HTTP or mutual TLS),
 //! and the layers every listener shares (a request id, `x-request-id`, made unless the client
 //! sent a plain one, echoed in the answer and kept in the request span; the request span; the
-//! JSON shape of axum's own errors; the 408 for a body that came too late; and the 503 that
-//! new requests get once the drain has begun).
+//! request metrics; the JSON shape of axum's own errors; the 408 for a body that came too
+//! late; and the 503 that new requests get once the drain has begun).
 //!
 //! Invariant: a listener never fails and never spins. It holds at most `--max-connections`
 //! open: at the cap it stops accepting, so new clients wait in the kernel's backlog while the
 //! open connections go on; an `accept()` that fails (out of file descriptors, say) is retried
 //! after a pause that doubles up to a second. Warnings that could come once per connection
 //! (a refused TLS handshake, a failed accept) are logged at most once per `REPORT_EVERY` (`reports.rs`)
-//! per listener, with how many there were and the last reason. What happens on each
-//! connection is `connections.rs`'s.
+//! per listener, with how many there were and the last reason; every refused TLS connection
+//! is also counted, by a fixed reason. What happens on each connection is `connections.rs`'s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +39,7 @@ use super::reports::Reports;
 use crate::error::{Error, ErrorBody};
 use crate::http::fill_empty_error_bodies;
 use crate::security::tls::identity_of;
+use crate::telemetry::{HttpMetrics, Telemetry, TlsRefusal, TlsRefusals, record_request};
 
 /// How long a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,8 +55,11 @@ pub enum Transport {
     /// Plain HTTP.
     Plain,
     /// Mutual TLS: only a client with a verified certificate naming a valid user gets past
-    /// the handshake.
-    Tls(Arc<rustls::ServerConfig>),
+    /// the handshake; the others are counted in `refusals`.
+    Tls {
+        config: Arc<rustls::ServerConfig>,
+        refusals: TlsRefusals,
+    },
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled, then lets its connections end
@@ -69,11 +73,17 @@ pub async fn serve_listener(
     limits: Limits,
     stop: CancellationToken,
 ) {
+    let reports = Arc::new(Reports::new(service));
     let acceptor = match transport {
         Transport::Plain => None,
-        Transport::Tls(config) => Some(TlsAcceptor::from(config)),
+        Transport::Tls { config, refusals } => {
+            let refused = Refused {
+                reports: reports.clone(),
+                counts: refusals,
+            };
+            Some((TlsAcceptor::from(config), Arc::new(refused)))
+        }
     };
-    let reports = Arc::new(Reports::new(service));
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let mut pause = ACCEPT_PAUSE_FIRST;
@@ -124,10 +134,10 @@ pub async fn serve_listener(
                 serve_connection(tcp, peer, None, router, limits, stop).await;
                 drop(place);
             }),
-            Some(acceptor) => {
-                let (acceptor, reports) = (acceptor.clone(), reports.clone());
+            Some((acceptor, refused)) => {
+                let (acceptor, refused) = (acceptor.clone(), refused.clone());
                 connections.spawn(async move {
-                    serve_tls(tcp, peer, acceptor, router, limits, stop, &reports).await;
+                    serve_tls(tcp, peer, acceptor, router, limits, stop, &refused).await;
                     drop(place);
                 })
             }
@@ -148,6 +158,20 @@ fn is_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
+/// Where a TLS listener's refused connections go: its held-back log line, with the peer and
+/// rustls's reason, and its count by fixed reason.
+struct Refused {
+    reports: Arc<Reports>,
+    counts: TlsRefusals,
+}
+
+impl Refused {
+    fn refuse(&self, peer: SocketAddr, reason: TlsRefusal, detail: String) {
+        self.counts.count(reason);
+        self.reports.refused_tls(peer, detail);
+    }
+}
+
 /// The handshake, then the connection with the client's identity. A refused handshake is
 /// reported with the peer address and rustls's reason, never with key material.
 async fn serve_tls(
@@ -157,28 +181,43 @@ async fn serve_tls(
     router: Router,
     limits: Limits,
     stop: CancellationToken,
-    reports: &Reports,
+    refused: &Refused,
 ) {
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
     let stream = tokio::select! {
         handshake = handshake => match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
-                reports.refused_tls(peer, error.to_string());
+                refused.refuse(peer, refusal_of(&error), error.to_string());
                 return;
             }
             Err(_) => {
-                reports.refused_tls(peer, "the handshake timed out".to_owned());
+                let detail = "the handshake timed out".to_owned();
+                refused.refuse(peer, TlsRefusal::Timeout, detail);
                 return;
             }
         },
         () = grace_over(stop.clone(), limits.close_grace) => return,
     };
     let Some(identity) = stream.get_ref().1.peer_certificates().and_then(identity_of) else {
-        reports.refused_tls(peer, "its certificate names no valid user".to_owned());
+        let detail = "its certificate names no valid user".to_owned();
+        refused.refuse(peer, TlsRefusal::NoValidUser, detail);
         return;
     };
     serve_connection(stream, peer, Some(identity), router, limits, stop).await;
+}
+
+/// The fixed reason of a failed handshake: tokio-rustls wraps rustls's own error, which says
+/// whether the client's certificate was missing or did not verify.
+fn refusal_of(error: &std::io::Error) -> TlsRefusal {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::NoCertificatesPresented) => TlsRefusal::NoCertificate,
+        Some(rustls::Error::InvalidCertificate(_)) => TlsRefusal::BadCertificate,
+        _ => TlsRefusal::Handshake,
+    }
 }
 
 /// Binds `addr` for `service`.
@@ -193,10 +232,11 @@ pub async fn bind(service: &'static str, addr: SocketAddr) -> Result<TcpListener
 }
 
 /// The layers every listener shares: the JSON error shape for axum's own errors, the 408 for
-/// a body that came too late, and a request span with service, method, matched route, status
-/// and latency. The span never
-/// carries the URI's query or any header or body, so no secret can reach a log through it.
-pub fn with_common_layers(router: Router, service: &'static str) -> Router {
+/// a body that came too late, the request metrics (of the answer as sent, so after those
+/// two), and a request span with service, method, matched route, status and latency. The span
+/// never carries the URI's query or any header or body, so no secret can reach a log through
+/// it; the metrics carry only the route's template.
+pub fn with_common_layers(router: Router, service: &'static str, telemetry: &Telemetry) -> Router {
     let trace = TraceLayer::new_for_http()
         .make_span_with(move |request: &Request| {
             let route = request
@@ -228,6 +268,10 @@ pub fn with_common_layers(router: Router, service: &'static str) -> Router {
     router
         .layer(middleware::from_fn(fill_empty_error_bodies))
         .layer(middleware::from_fn(answer_late_bodies_408))
+        .layer(middleware::from_fn_with_state(
+            HttpMetrics::new(telemetry, service),
+            record_request,
+        ))
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))

@@ -39,6 +39,7 @@ use crate::registry::{self, Registry, RegistrySettings};
 use crate::security::pki::PkiError;
 use crate::security::tls::TlsError;
 use crate::service::{Context, Service};
+use crate::telemetry::{Telemetry, TlsRefusals};
 use connections::Limits;
 use host::{jobs_tls, make_room_for_connections, max_db_size};
 use listeners::{Transport, bind, refuse_when_draining, serve_listener, with_common_layers};
@@ -135,12 +136,16 @@ impl App {
         // If anything below fails, the tasks already started see the token cancelled and end.
         let stop_on_error = shutdown.clone().drop_guard();
         let tasks = TaskTracker::new();
+        // This App's own recorder: Apps in one process (tests) never share a metric.
+        let telemetry = Telemetry::new();
+        db.report_sizes(&telemetry);
 
         let context = Context {
             db: &db,
             tasks: &tasks,
             shutdown: &shutdown,
             clock: &config.clock,
+            telemetry: &telemetry,
         };
         let mut services = Vec::new();
         if !config.no_hashes {
@@ -188,6 +193,7 @@ impl App {
             storage: db.health().clone(),
             shutdown: shutdown.clone(),
             documents: Arc::new(openapi::documents()?),
+            telemetry,
         };
         let admin_listener = bind("admin", config.admin_addr).await?;
         stop_on_error.disarm();
@@ -264,6 +270,8 @@ impl App {
             close_grace: close_grace(config.drain_timeout),
         };
         make_room_for_connections((services.len() + 1).saturating_mul(limits.max_connections));
+        let telemetry = admin.telemetry.clone();
+        telemetry.keep_up(&tasks, shutdown.clone());
         for BoundService {
             name,
             listener,
@@ -276,8 +284,11 @@ impl App {
             }
             admin.services.set(name, ServiceState::Up);
             let board = admin.services.clone();
-            let transport = tls.map_or(Transport::Plain, Transport::Tls);
-            let router = with_common_layers(router, name);
+            let transport = tls.map_or(Transport::Plain, |config| Transport::Tls {
+                config,
+                refusals: TlsRefusals::new(&telemetry, name),
+            });
+            let router = with_common_layers(router, name, &telemetry);
             let served =
                 serve_listener(name, listener, router, transport, limits, shutdown.clone());
             tasks.spawn(async move {
@@ -292,7 +303,7 @@ impl App {
         let admin_stop = CancellationToken::new();
         let shutdown_routes = admin::shutdown_routes().with_state(admin.shutdown.clone());
         let admin_router = admin::routes().with_state(admin).merge(shutdown_routes);
-        let admin_router = with_common_layers(admin_router.into(), "admin");
+        let admin_router = with_common_layers(admin_router.into(), "admin", &telemetry);
         let admin_server = tokio::spawn(serve_listener(
             "admin",
             admin_listener,

@@ -12,6 +12,8 @@
 //! - `connections`: every listener's header, body and idle timeouts, its connection cap, the
 //!   drain's bound on clients that do not read, and how refused TLS connections are logged;
 //! - `lifecycle`: health, the data-dir lock and the graceful drain, in-process;
+//! - `metrics`: `GET /metrics`, parsed as Prometheus text: what moves its counters, and
+//!   that no label names what a client named;
 //! - `process`: the binary as an operator runs it: settings, signals, kill -9, the CLI;
 //! - `openapi`: the API documents, against the routes each listener serves;
 //! - `migrations`: databases from earlier releases (dumps in `tests/fixtures/`) upgrade
@@ -27,6 +29,7 @@ mod helpers;
 mod job_retention;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod migrations;
 mod openapi;
 mod process;

@@ -142,7 +142,7 @@ async fn each_document_lists_exactly_the_routes_its_listener_serves() {
                 "/jobs/{id}/output",
             ]
             .into(),
-            _ => ["/healthz", "/openapi/{file}", "/shutdown"].into(),
+            _ => ["/healthz", "/metrics", "/openapi/{file}", "/shutdown"].into(),
         };
         let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
         assert_eq!(documented, expected_paths, "{listener}'s paths");

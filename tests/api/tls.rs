@@ -23,7 +23,7 @@ fn pki(app: &TestApp) -> DevPki {
 }
 
 /// A client presenting `files`, trusting the CA at `ca`.
-fn client(ca: &Path, files: &CertFiles) -> reqwest::Client {
+pub(crate) fn client(ca: &Path, files: &CertFiles) -> reqwest::Client {
     let tls = client_config(ca, &files.cert, &files.key).unwrap();
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
@@ -31,14 +31,14 @@ fn client(ca: &Path, files: &CertFiles) -> reqwest::Client {
         .unwrap()
 }
 
-fn with_tls(tls: rustls::ClientConfig) -> reqwest::Client {
+pub(crate) fn with_tls(tls: rustls::ClientConfig) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .build()
         .unwrap()
 }
 
-fn roots(ca: &Path) -> rustls::RootCertStore {
+pub(crate) fn roots(ca: &Path) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -46,7 +46,7 @@ fn roots(ca: &Path) -> rustls::RootCertStore {
     roots
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -109,6 +109,17 @@ impl Batch for QueueJobs {
     }
 }
 
+/// How many visible jobs are in each status, for a scrape: one walk of the status index.
+pub async fn count_by_status(reads: &SqlitePool) -> Result<Vec<(JobStatus, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT status AS "status: JobStatus", COUNT(*) AS "jobs!: i64"
+           FROM jobs WHERE deleted_at_ms IS NULL GROUP BY status"#
+    )
+    .fetch_all(reads)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.status, row.jobs)).collect())
+}
+
 /// The job with public id `id`.
 pub async fn find(reads: &SqlitePool, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
     sqlx::query_as!(

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use metrics::Counter;
 use sqlx::Connection as _;
 use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnection;
@@ -46,14 +47,18 @@ pub struct AppendOutput {
     /// Past this many bytes of pages in use, output is refused: the space left is kept for
     /// status changes, heartbeats and hashes.
     max_db_bytes: u64,
+    /// Counts the bytes committed.
+    stored: Counter,
 }
 
 impl AppendOutput {
-    /// Appends output while the database uses at most `max_db_bytes`.
-    pub fn new(max_db_bytes: u64) -> Self {
+    /// Appends output while the database uses at most `max_db_bytes`, counting the bytes
+    /// committed in `stored`.
+    pub fn new(max_db_bytes: u64, stored: Counter) -> Self {
         Self {
             lost: Arc::default(),
             max_db_bytes,
+            stored,
         }
     }
 
@@ -111,7 +116,10 @@ impl Batch for AppendOutput {
             return Ok(requests.iter().map(|_| Stored::Dropped).collect());
         }
         match store(conn, &kept).await {
-            Ok(()) => Ok(replies),
+            Ok(()) => {
+                self.stored.increment(size);
+                Ok(replies)
+            }
             Err(error) => {
                 self.lost_jobs()
                     .extend(kept.iter().map(|chunk| chunk.job_seq));
