@@ -331,14 +331,22 @@ pub struct WardenProcess {
 impl WardenProcess {
     /// Starts `warden serve` on `data_dir` with `extra` flags and waits until it listens.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        warden::security::tls::install_crypto_provider();
-        let mut child = Command::new(warden_binary())
+        let mut command = Command::new(warden_binary());
+        command
             .arg("serve")
             .args(port_zero_flags(data_dir))
             .args(["--log-format", "json"])
             .args(plain_jobs_unless_asked(extra))
             .args(extra)
-            .env_remove("RUST_LOG")
+            .env_remove("RUST_LOG");
+        Self::spawn(command).await
+    }
+
+    /// Runs `command`, a `warden serve` set up by the caller to log JSON to stderr, and waits
+    /// until it listens.
+    pub async fn spawn(mut command: Command) -> Self {
+        warden::security::tls::install_crypto_provider();
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -351,11 +359,9 @@ impl WardenProcess {
         // The admin listener is announced last, after every service.
         let read = async {
             while !urls.contains_key("admin") {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("warden exited early");
+                let Some(line) = lines.next_line().await.unwrap() else {
+                    panic!("warden exited early: {:#?}", log.lock().unwrap());
+                };
                 log.lock().unwrap().push(line.clone());
                 let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;

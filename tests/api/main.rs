@@ -17,12 +17,15 @@
 //! - `process`: the binary as an operator runs it: settings, signals, kill -9, the CLI;
 //! - `openapi`: the API documents, against the routes each listener serves;
 //! - `migrations`: databases from earlier releases (dumps in `tests/fixtures/`) upgrade
-//!   with their data intact.
+//!   with their data intact;
+//! - `deploy`: the `Containerfile` and `deploy/warden.service` run as written: their command
+//!   lines and environments, parsed from the files, serve and drain.
 //!
 //! No test changes process-global state, so they all share this one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 
 mod connections;
+mod deploy;
 mod faults;
 mod hashes;
 mod helpers;
