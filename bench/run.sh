@@ -13,11 +13,15 @@
 # Then the job runner (bench/jobs_bench.py): 1 000 `true` jobs through the API against
 # `xargs -P`, and one job writing 1 GiB with 4 followers (MB/s, warden's RSS growth). Last,
 # the cost of security (bench/mtls_load.rs): GET /jobs on keep-alive connections over mutual
-# TLS against plain HTTP, and new mutual-TLS connections per second.
+# TLS against plain HTTP, and new mutual-TLS connections per second. Last, the cost of
+# metrics and request ids (issue 14): POST /hash and heartbeats, interleaved rounds
+# (bench/ab.sh) of this build against BASELINE, a release build of the commit before them
+# (BASELINE=none skips it; its build is kept in target/baseline/).
 # Targets: POST /hash >= 0.5x no-op, p99 <= 5 ms, peak RSS <= 64 MB (issue 3);
 # heartbeats >= 0.4x no-op, p99 <= 5 ms; GET / <= 20 ms; no heartbeat blocked > 50 ms by the
 # purge (issue 4); jobs >= 0.3x the raw spawn rate; output >= 150 MB/s with all 4 followers
-# keeping up; follower RSS growth <= 32 MB (issue 5); keep-alive mTLS >= 0.8x plain (issue 6).
+# keeping up; follower RSS growth <= 32 MB (issue 5); keep-alive mTLS >= 0.8x plain (issue 6);
+# metrics and request ids cost <= 5 % of POST /hash and heartbeats (issue 14).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -143,3 +147,17 @@ handshakes=$(target/release/examples/mtls_load https://127.0.0.1:18643 new "$sec
 awk -v tls="$tls_rate" -v plain="$plain_rate" -v new="$handshakes" 'BEGIN {
   printf "  keep-alive: %d req/s over mutual TLS, %d req/s plain: %.2fx\n", tls, plain, tls / plain
   printf "  new mutual-TLS connections (one request each): %d/s\n", new }'
+
+# c33d95a: main just before request ids and metrics (issue 14).
+baseline=${BASELINE:-c33d95a}
+if [ "$baseline" != none ]; then
+  echo
+  echo "cost of metrics and request ids: this build against $baseline (bench/ab.sh):"
+  kill "${pids[@]}" 2>/dev/null || true
+  mkdir -p "$work/baseline"
+  git archive "$baseline" | tar -x -C "$work/baseline"
+  CARGO_TARGET_DIR="$PWD/target/baseline" SQLX_OFFLINE=true cargo build --release --locked \
+    --quiet --bin warden --manifest-path "$work/baseline/Cargo.toml"
+  cp target/baseline/release/warden "$work/warden-$baseline"
+  PORT_BASE=28000 ROUNDS=${AB_ROUNDS:-3} bash bench/ab.sh "$work/warden-$baseline" target/release/warden
+fi
