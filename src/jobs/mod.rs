@@ -137,6 +137,12 @@ impl Service for Jobs {
             description = "The job is queued",
             body = Job,
             headers(("Location" = String, description = "The job: `/jobs/{id}`")),
+            links(
+                ("read" = (operation_id = "read_job", parameters(("id" = "$response.body#/id")))),
+                ("stop" = (operation_id = "stop_job", parameters(("id" = "$response.body#/id")))),
+                ("output" = (operation_id = "read_output", parameters(("id" = "$response.body#/id")))),
+                ("delete" = (operation_id = "delete_job", parameters(("id" = "$response.body#/id")))),
+            ),
         ),
         (status = 400, description = "The body is not a job request, or breaks one of its limits", body = ErrorShape),
         AuthFaults,

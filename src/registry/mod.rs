@@ -193,7 +193,11 @@ impl Registry {
         content_type = "application/json",
     ),
     responses(
-        (status = 201, description = "A new instance", body = Instance),
+        (status = 201, description = "A new instance", body = Instance, links(
+            ("read" = (operation_id = "read_instance", parameters(("group" = "$request.path.group"), ("id" = "$request.path.id")))),
+            ("unregister" = (operation_id = "unregister", parameters(("group" = "$request.path.group"), ("id" = "$request.path.id")))),
+            ("group" = (operation_id = "list_instances", parameters(("group" = "$request.path.group")))),
+        )),
         (status = 200, description = "A live instance, refreshed", body = Instance),
         (status = 400, description = "The group or the id breaks its rule, or the body is not a JSON object", body = ErrorShape),
         BodyFaults,

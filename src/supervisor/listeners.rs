@@ -14,6 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -28,7 +29,10 @@ use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower::util::MapRequestLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
@@ -39,7 +43,7 @@ use super::reports::Reports;
 use crate::error::{Error, ErrorBody};
 use crate::http::fill_empty_error_bodies;
 use crate::security::tls::identity_of;
-use crate::telemetry::{HttpMetrics, Telemetry, TlsRefusal, TlsRefusals, record_request};
+use crate::telemetry::{RecordRequestsLayer, Telemetry, TlsRefusal, TlsRefusals};
 
 /// How long a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -268,14 +272,14 @@ pub fn with_common_layers(router: Router, service: &'static str, telemetry: &Tel
     router
         .layer(middleware::from_fn(fill_empty_error_bodies))
         .layer(middleware::from_fn(answer_late_bodies_408))
-        .layer(middleware::from_fn_with_state(
-            HttpMetrics::new(telemetry, service),
-            record_request,
-        ))
+        .layer(RecordRequestsLayer::new(telemetry, service))
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
-        .layer(middleware::from_fn(drop_unfit_request_ids))
+        .layer(SetRequestIdLayer::new(
+            REQUEST_ID.clone(),
+            RequestIds::new(),
+        ))
+        .layer(MapRequestLayer::new(drop_unfit_request_ids))
 }
 
 /// The header that carries a request's id, echoed in its answer and kept in its log span.
@@ -287,7 +291,7 @@ const REQUEST_ID_MAX: usize = 128;
 /// Drops a client's `x-request-id` unless it is one plain token (1 to [`REQUEST_ID_MAX`] of
 /// `A-Z a-z 0-9 . _ : -`), so that a new one is made: whatever reaches a log line is short and
 /// cannot pass for log syntax.
-async fn drop_unfit_request_ids(mut request: Request, next: Next) -> Response {
+fn drop_unfit_request_ids(mut request: Request) -> Request {
     let fit = |id: &HeaderValue| {
         let id = id.as_bytes();
         (1..=REQUEST_ID_MAX).contains(&id.len())
@@ -300,7 +304,39 @@ async fn drop_unfit_request_ids(mut request: Request, next: Next) -> Response {
     if !keep {
         request.headers_mut().remove(&REQUEST_ID);
     }
-    next.run(request).await
+    request
+}
+
+/// Makes the ids of requests that came without a fit one: UUIDs (version 4 in form), one
+/// random base per listener and a counter added to it, so that no request waits on the
+/// kernel's random source. The counter never reaches the bits the version and variant
+/// overwrite, so every id of a listener is distinct, and the random base keeps them apart from
+/// every other listener's and run's.
+#[derive(Clone, Debug)]
+struct RequestIds {
+    base: u128,
+    next: Arc<AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        Self {
+            base: uuid::Uuid::new_v4().as_u128(),
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let bytes = self.base.wrapping_add(u128::from(n)).to_be_bytes();
+        let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 /// Answers 503 to requests that arrive once the drain has begun, and closes the connection.
@@ -336,4 +372,30 @@ async fn answer_late_bodies_408(request: Request, next: Next) -> Response {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_request_ids_are_distinct_version_4_uuids() {
+        let mut ids = RequestIds::new();
+        // The same base near the top of the counter's range too, where carries run far.
+        let mut late = RequestIds {
+            base: ids.base,
+            next: Arc::new(AtomicU64::new(u64::MAX - 500)),
+        };
+        let request = axum::http::Request::new(());
+        let mut seen = std::collections::HashSet::new();
+        for made in [&mut ids, &mut late] {
+            for _ in 0..500 {
+                let id = made.make_request_id(&request).unwrap();
+                let text = id.header_value().to_str().unwrap().to_owned();
+                let uuid = uuid::Uuid::parse_str(&text).unwrap();
+                assert_eq!(uuid.get_version_num(), 4, "{text}");
+                assert!(seen.insert(text), "a request id came twice");
+            }
+        }
+    }
 }

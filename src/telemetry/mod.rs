@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use catalog::*;
-pub use http::{HttpMetrics, record_request};
+pub use http::RecordRequestsLayer;
 
 /// How often recorded histogram samples are folded into their buckets between scrapes, so
 /// that they take no more memory however rarely `/metrics` is read.
