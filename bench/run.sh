@@ -15,8 +15,9 @@
 # the cost of security (bench/mtls_load.rs): GET /jobs on keep-alive connections over mutual
 # TLS against plain HTTP, and new mutual-TLS connections per second. Last, the cost of
 # metrics and request ids (issue 14): POST /hash and heartbeats, interleaved rounds
-# (bench/ab.sh) of this build against BASELINE, a release build of the commit before them
-# (BASELINE=none skips it; its build is kept in target/baseline/).
+# (bench/ab.sh) of this build against BASELINE, a release build of the commit before them,
+# and the instructions each spends per request (bench/instructions.sh, under callgrind;
+# BASELINE=none skips both; the baseline's build is kept in target/baseline/).
 # Targets: POST /hash >= 0.5x no-op, p99 <= 5 ms, peak RSS <= 64 MB (issue 3);
 # heartbeats >= 0.4x no-op, p99 <= 5 ms; GET / <= 20 ms; no heartbeat blocked > 50 ms by the
 # purge (issue 4); jobs >= 0.3x the raw spawn rate; output >= 150 MB/s with all 4 followers
@@ -159,5 +160,7 @@ if [ "$baseline" != none ]; then
   CARGO_TARGET_DIR="$PWD/target/baseline" SQLX_OFFLINE=true cargo build --release --locked \
     --quiet --bin warden --manifest-path "$work/baseline/Cargo.toml"
   cp target/baseline/release/warden "$work/warden-$baseline"
-  PORT_BASE=28000 ROUNDS=${AB_ROUNDS:-3} bash bench/ab.sh "$work/warden-$baseline" target/release/warden
+  PORT_BASE=28000 ROUNDS=${AB_ROUNDS:-5} bash bench/ab.sh "$work/warden-$baseline" target/release/warden
+  # The same comparison in instructions per request, which the machine's noise cannot move.
+  bash bench/instructions.sh "$work/warden-$baseline" target/release/warden
 fi

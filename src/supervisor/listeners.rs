@@ -29,6 +29,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceBuilder;
 use tower::util::MapRequestLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -235,11 +236,12 @@ pub async fn bind(service: &'static str, addr: SocketAddr) -> Result<TcpListener
         })
 }
 
-/// The layers every listener shares: the JSON error shape for axum's own errors, the 408 for
-/// a body that came too late, the request metrics (of the answer as sent, so after those
-/// two), and a request span with service, method, matched route, status and latency. The span
-/// never carries the URI's query or any header or body, so no secret can reach a log through
-/// it; the metrics carry only the route's template.
+/// The layers every listener shares: the request id (made unless the client sent a fit one,
+/// and echoed), a request span with service, method, matched route, request id, status and
+/// latency, the request metrics (of the answer as sent, so outside the next two), the 408 for
+/// a body that came too late, and the JSON error shape for axum's own errors. The span never
+/// carries the URI's query or any header or body but the id, so no secret can reach a log
+/// through it; the metrics carry only the route's template.
 pub fn with_common_layers(router: Router, service: &'static str, telemetry: &Telemetry) -> Router {
     let trace = TraceLayer::new_for_http()
         .make_span_with(move |request: &Request| {
@@ -253,12 +255,15 @@ pub fn with_common_layers(router: Router, service: &'static str, telemetry: &Tel
                 .get(&REQUEST_ID)
                 .and_then(|id| id.to_str().ok())
                 .unwrap_or("-");
+            // Display (`%`), not Debug: Debug would escape each character of these strings
+            // on every request, and they hold none that need it (route templates, and ids
+            // of plain characters only).
             tracing::info_span!(
                 "request",
                 service,
                 method = %request.method(),
-                route,
-                request_id,
+                route = %route,
+                request_id = %request_id,
                 status = tracing::field::Empty,
                 latency_us = tracing::field::Empty,
             )
@@ -269,17 +274,21 @@ pub fn with_common_layers(router: Router, service: &'static str, telemetry: &Tel
             span.record("latency_us", latency.as_micros());
             tracing::debug!("response");
         });
-    router
-        .layer(middleware::from_fn(fill_empty_error_bodies))
-        .layer(middleware::from_fn(answer_late_bodies_408))
-        .layer(RecordRequestsLayer::new(telemetry, service))
-        .layer(trace)
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+    // One stack, outermost first, given to the router once: each `Router::layer` call wraps
+    // every route in a boxed service of its own, which costs each request a cloned box and a
+    // boxed future per call.
+    let layers = ServiceBuilder::new()
+        .layer(MapRequestLayer::new(drop_unfit_request_ids))
         .layer(SetRequestIdLayer::new(
             REQUEST_ID.clone(),
             RequestIds::new(),
         ))
-        .layer(MapRequestLayer::new(drop_unfit_request_ids))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(trace)
+        .layer(RecordRequestsLayer::new(telemetry, service))
+        .layer(middleware::from_fn(answer_late_bodies_408))
+        .layer(middleware::from_fn(fill_empty_error_bodies));
+    router.layer(layers)
 }
 
 /// The header that carries a request's id, echoed in its answer and kept in its log span.
