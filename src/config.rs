@@ -16,23 +16,32 @@ use crate::clock::Clock;
 pub use crate::db::SyncMode;
 use crate::db::database_path;
 
+/// Where the hash listener is unless told otherwise (each default is on loopback only).
+pub const DEFAULT_HASHES_ADDR: &str = "127.0.0.1:8080";
+/// Where the registry listener is unless told otherwise.
+pub const DEFAULT_REGISTRY_ADDR: &str = "127.0.0.1:8081";
+/// Where the jobs listener is unless told otherwise.
+pub const DEFAULT_JOBS_ADDR: &str = "127.0.0.1:8443";
+/// Where the admin listener is unless told otherwise.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
+
 /// The settings of one `warden serve`.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address of the hash service (`/hash`, `/stats`, `/shutdown`).
-    #[arg(long, env = "WARDEN_HASHES_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "WARDEN_HASHES_ADDR", default_value = DEFAULT_HASHES_ADDR)]
     pub hashes_addr: SocketAddr,
 
     /// Address of the discovery registry.
-    #[arg(long, env = "WARDEN_REGISTRY_ADDR", default_value = "127.0.0.1:8081")]
+    #[arg(long, env = "WARDEN_REGISTRY_ADDR", default_value = DEFAULT_REGISTRY_ADDR)]
     pub registry_addr: SocketAddr,
 
     /// Address of the job runner.
-    #[arg(long, env = "WARDEN_JOBS_ADDR", default_value = "127.0.0.1:8443")]
+    #[arg(long, env = "WARDEN_JOBS_ADDR", default_value = DEFAULT_JOBS_ADDR)]
     pub jobs_addr: SocketAddr,
 
-    /// Address of the admin listener (`/healthz`, `/shutdown`).
-    #[arg(long, env = "WARDEN_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    /// Address of the admin listener (`/healthz`, `/metrics`, `/openapi/…`, `/shutdown`).
+    #[arg(long, env = "WARDEN_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
     pub admin_addr: SocketAddr,
 
     /// Directory of the database (`warden.db`), its lock, logs and keys.

@@ -16,6 +16,9 @@ use utoipa::openapi::{
 };
 
 use crate::admin;
+use crate::config::{
+    DEFAULT_ADMIN_ADDR, DEFAULT_HASHES_ADDR, DEFAULT_JOBS_ADDR, DEFAULT_REGISTRY_ADDR,
+};
 use crate::hashes::Hashes;
 use crate::jobs::Jobs;
 use crate::openapi::Api;
@@ -178,12 +181,12 @@ fn with_request_ids(document: &mut OpenApi) {
 }
 
 /// Where `warden serve` puts `api`'s listener by default.
-fn default_url(api: Api) -> &'static str {
+fn default_url(api: Api) -> String {
     match api {
-        Api::Hashes => "http://127.0.0.1:8080",
-        Api::Registry => "http://127.0.0.1:8081",
-        Api::Jobs => "https://127.0.0.1:8443",
-        Api::Admin => "http://127.0.0.1:9090",
+        Api::Hashes => format!("http://{DEFAULT_HASHES_ADDR}"),
+        Api::Registry => format!("http://{DEFAULT_REGISTRY_ADDR}"),
+        Api::Jobs => format!("https://{DEFAULT_JOBS_ADDR}"),
+        Api::Admin => format!("http://{DEFAULT_ADMIN_ADDR}"),
     }
 }
 
