@@ -79,7 +79,7 @@ pub fn routes() -> OpenApiRouter<Admin> {
 
 /// `GET` and `POST /shutdown`, for every listener whose contract has it.
 pub fn shutdown_routes() -> OpenApiRouter<CancellationToken> {
-    OpenApiRouter::new().routes(routes!(request_shutdown_get, request_shutdown))
+    OpenApiRouter::new().routes(routes!(request_shutdown))
 }
 
 /// What `/healthz` says of warden as a whole.
@@ -222,27 +222,9 @@ struct Draining {
     status: &'static str,
 }
 
-/// `GET /shutdown`: as `POST /shutdown`.
-#[utoipa::path(
-    get,
-    path = "/shutdown",
-    tag = "shutdown",
-    summary = "Shut warden down (as POST)",
-    responses(
-        (status = 200, description = "The drain has begun (or had already)", body = Draining),
-        (status = 403, description = "The peer is not on loopback", body = ErrorShape),
-    ),
-)]
-async fn request_shutdown_get(
-    state: State<CancellationToken>,
-    peer: ConnectInfo<SocketAddr>,
-) -> Result<Json<Draining>> {
-    request_shutdown(state, peer).await
-}
-
 /// `/shutdown`: 200 at once, then the graceful drain; 403 unless the peer is on loopback.
 #[utoipa::path(
-    post,
+    method(get, post),
     path = "/shutdown",
     tag = "shutdown",
     summary = "Shut warden down",
