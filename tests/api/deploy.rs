@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::process::Command;
+use warden::config::{
+    DEFAULT_ADMIN_ADDR, DEFAULT_HASHES_ADDR, DEFAULT_JOBS_ADDR, DEFAULT_REGISTRY_ADDR,
+};
 
 use crate::helpers::{WardenProcess, call, eventually, run_cli, warden_binary};
 
@@ -31,10 +34,14 @@ const INSTALLED_BINARY: &str = "/usr/local/bin/warden";
 
 /// The listeners' settings, as flags and as variables, with warden's defaults.
 const LISTENERS: [(&str, &str, &str); 4] = [
-    ("--hashes-addr", "WARDEN_HASHES_ADDR", "127.0.0.1:8080"),
-    ("--registry-addr", "WARDEN_REGISTRY_ADDR", "127.0.0.1:8081"),
-    ("--jobs-addr", "WARDEN_JOBS_ADDR", "127.0.0.1:8443"),
-    ("--admin-addr", "WARDEN_ADMIN_ADDR", "127.0.0.1:9090"),
+    ("--hashes-addr", "WARDEN_HASHES_ADDR", DEFAULT_HASHES_ADDR),
+    (
+        "--registry-addr",
+        "WARDEN_REGISTRY_ADDR",
+        DEFAULT_REGISTRY_ADDR,
+    ),
+    ("--jobs-addr", "WARDEN_JOBS_ADDR", DEFAULT_JOBS_ADDR),
+    ("--admin-addr", "WARDEN_ADMIN_ADDR", DEFAULT_ADMIN_ADDR),
 ];
 
 fn repo_file(path: &str) -> String {
