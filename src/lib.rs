@@ -10,7 +10,8 @@
 //! - [`config`]: every setting of `warden serve`, from flags and `WARDEN_*` variables.
 //! - [`supervisor`]: builds the services, binds one listener each, serves, and drains on
 //!   SIGTERM, SIGINT or `/shutdown` (`supervisor/mod.rs`); the accept loop every listener
-//!   runs and the layers they share (`supervisor/listeners.rs`); each connection's
+//!   runs and the layers they share (`supervisor/listeners.rs`), with the request ids they
+//!   keep or make (`supervisor/request_ids.rs`); each connection's
 //!   timeouts and its share of the drain (`supervisor/connections.rs`, with the body-read
 //!   deadline in `supervisor/deadline.rs`); warnings held to one line per interval
 //!   (`supervisor/reports.rs`); what is taken from the host at start: TLS files or the dev

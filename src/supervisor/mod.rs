@@ -18,6 +18,7 @@ mod host;
 mod listeners;
 pub mod openapi;
 mod reports;
+mod request_ids;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
