@@ -34,7 +34,8 @@
 //! - [`hashes`]: `POST /hash`, `GET /hash/{id}`, `GET /stats`: router (`mod.rs`), SQL
 //!   (`store.rs`), input parsing (`input.rs`), the purge past `--hash-retention`
 //!   (`retention.rs`), and the CLI's client (`client.rs`).
-//! - [`registry`]: heartbeat discovery: router (`mod.rs`), SQL (`store.rs`), the paged and
+//! - [`registry`]: heartbeat discovery: router (`mod.rs`), the checks of a heartbeat's group,
+//!   id and meta (`input.rs`), SQL (`store.rs`), the paged and
 //!   streamed listings (`listing.rs`), the purge job (`purge.rs`) and the live-instance
 //!   gauge (`gauges.rs`).
 //! - [`jobs`]: the job runner: router (`mod.rs`); a job's request, status, ending and API

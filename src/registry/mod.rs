@@ -12,6 +12,7 @@
 //! size of the registry, and no read stays open while a client takes its time.
 
 mod gauges;
+mod input;
 mod listing;
 mod purge;
 mod store;
@@ -23,18 +24,18 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 use utoipa::openapi::{RefOr, Required};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::clock::{Clock, millis};
 use crate::db::{Database, Writer};
-use crate::error::{Error, ErrorBody, Result};
+use crate::error::{Error, Result};
 use crate::http::{PathParams, read_body};
 use crate::openapi::{BodyFaults, ErrorShape, ServerFaults, WriteFaults};
 use crate::service::{Context, Service};
 use crate::telemetry::REGISTRY_PURGED_INSTANCES;
+use input::{check_names, meta_of, meta_too_large};
 use listing::{GroupSummary, Listed, Listing, json_response};
 use store::{Heartbeat, Instance, RecordHeartbeats};
 
@@ -298,17 +299,6 @@ async fn list_groups(State(registry): State<Registry>) -> Result<Response> {
         .unwrap_or_else(|| json_response(Body::from("[]"))))
 }
 
-/// 413 for a meta over [`META_LIMIT`]; its body may well be within [`BODY_LIMIT`].
-fn meta_too_large() -> Response {
-    let error =
-        format!("the meta is larger than the limit of {META_LIMIT} bytes (as compact JSON text)");
-    (
-        StatusCode::PAYLOAD_TOO_LARGE,
-        Json(ErrorBody { error: &error }),
-    )
-        .into_response()
-}
-
 /// `DELETE /{group}/{id}`: 204; 404 if there is no live instance.
 #[utoipa::path(
     delete,
@@ -340,85 +330,9 @@ async fn unregister(
     }
 }
 
-/// The meta a heartbeat body carries: `None` for an empty body; the object under `"meta"`
-/// if there is one; otherwise the whole body object. Anything but a JSON object is a 400.
-fn meta_of(body: &[u8]) -> Result<Option<String>> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let not_an_object = || Error::BadRequest("the body must be a JSON object (or empty)".into());
-    let Value::Object(mut body) =
-        serde_json::from_slice::<Value>(body).map_err(|_| not_an_object())?
-    else {
-        return Err(not_an_object());
-    };
-    let meta = match body.remove("meta") {
-        Some(Value::Object(meta)) => meta,
-        Some(other) => {
-            body.insert("meta".into(), other);
-            body
-        }
-        None => body,
-    };
-    serde_json::to_string(&meta)
-        .map(Some)
-        .map_err(|error| Error::Internal(error.to_string()))
-}
-
-/// 400 unless `group` is 1–64 of `[A-Za-z0-9._-]` and `id` 1–128 of `[A-Za-z0-9._:-]`.
-fn check_names(group: &str, id: Option<&str>) -> Result<()> {
-    let valid = |name: &str, max: usize, extra: &[u8]| {
-        (1..=max).contains(&name.len())
-            && name.bytes().all(|byte| {
-                byte.is_ascii_alphanumeric() || b"._-".contains(&byte) || extra.contains(&byte)
-            })
-    };
-    if !valid(group, 64, b"") {
-        return Err(Error::BadRequest(
-            "group must be 1 to 64 characters of A-Z a-z 0-9 . _ -".into(),
-        ));
-    }
-    if let Some(id) = id
-        && !valid(id, 128, b":")
-    {
-        return Err(Error::BadRequest(
-            "id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -".into(),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_follow_the_contract() {
-        assert!(check_names("particle-detector", Some("e335175a-eace:4a74.b99c_c6")).is_ok());
-        assert!(check_names(&"g".repeat(64), Some(&"i".repeat(128))).is_ok());
-        assert!(check_names(&"g".repeat(65), None).is_err());
-        assert!(check_names("a", Some(&"i".repeat(129))).is_err());
-        assert!(check_names("", None).is_err());
-        assert!(check_names("a:b", None).is_err(), "no colon in a group");
-        assert!(check_names("a", Some("")).is_err());
-        assert!(check_names("a b", None).is_err());
-        assert!(check_names("grüße", None).is_err());
-    }
-
-    #[test]
-    fn meta_is_the_wrapped_object_or_the_whole_body() {
-        assert_eq!(meta_of(b"").unwrap(), None);
-        assert_eq!(meta_of(b" \n").unwrap(), None);
-        assert_eq!(
-            meta_of(br#"{"meta":{"foo":1},"x":2}"#).unwrap().unwrap(),
-            r#"{"foo":1}"#
-        );
-        assert_eq!(meta_of(br#"{"foo":1}"#).unwrap().unwrap(), r#"{"foo":1}"#);
-        assert_eq!(meta_of(br#"{"meta":5}"#).unwrap().unwrap(), r#"{"meta":5}"#);
-        for bad in [&b"[1]"[..], b"5", b"\"s\"", b"null", b"{", b"nope"] {
-            assert!(meta_of(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
 
     #[test]
     fn liveness_gives_one_ttl_of_grace_to_instances_live_before_an_outage() {
