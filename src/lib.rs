@@ -38,7 +38,8 @@
 //!   id and meta (`input.rs`), SQL (`store.rs`), the paged and
 //!   streamed listings (`listing.rs`), the purge job (`purge.rs`) and the live-instance
 //!   gauge (`gauges.rs`).
-//! - [`jobs`]: the job runner: router (`mod.rs`); a job's request, status, ending and API
+//! - [`jobs`]: the job runner: router and the routes of one job (`mod.rs`); `GET /jobs`, a
+//!   page at a time (`listing.rs`); a job's request, status, ending and API
 //!   record (`job.rs`); SQL of jobs (`store/mod.rs`), of their output (`store/output.rs`)
 //!   and of deleting them (`store/deletion.rs`); workers, claims and recovery (`runner.rs`);
 //!   spawning, signalling and finding processes (`process.rs`); the output pump, the

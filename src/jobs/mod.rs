@@ -10,6 +10,7 @@
 pub mod client;
 mod gauges;
 mod job;
+mod listing;
 mod output;
 mod process;
 mod retention;
@@ -46,13 +47,6 @@ use store::{JobRow, NewJobRow, QueueJobs};
 
 /// The most a `POST /jobs` body may weigh.
 const BODY_LIMIT: usize = 64 * 1024;
-/// How many jobs a page of `GET /jobs` holds unless `limit` says otherwise.
-const PAGE_SIZE: usize = 100;
-/// The most jobs a page may hold.
-const MAX_PAGE_SIZE: usize = 1000;
-/// A page ends early once its jobs' commands and arguments pass this many bytes, so that a
-/// page's memory is bounded whatever the jobs hold (a job's request is up to 64 KiB).
-const PAGE_BUDGET: usize = 1024 * 1024;
 /// How long `POST /jobs/{id}/stop` waits past the grace for the process to be gone.
 const STOP_SLACK: Duration = Duration::from_secs(10);
 
@@ -114,7 +108,7 @@ impl Service for Jobs {
 
     fn routes() -> OpenApiRouter<Self> {
         OpenApiRouter::new()
-            .routes(routes!(create_job, list_jobs))
+            .routes(routes!(create_job, listing::list_jobs))
             .routes(routes!(read_job, delete_job))
             .routes(routes!(stop_job))
             .routes(routes!(read_output))
@@ -189,109 +183,6 @@ async fn create_job(
         .into_response())
 }
 
-/// The query of `GET /jobs`.
-#[derive(Debug, Deserialize, serde::Serialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct ListQuery {
-    /// Only jobs in this status.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[param(value_type = Option<JobStatus>)]
-    status: Option<String>,
-    /// How many jobs the page holds at most (100 unless given); a page may end early once
-    /// its jobs' commands and arguments pass 1 MiB.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// The id of the last job of the previous page, as the `Link` header gives it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[param(format = "uuid")]
-    after: Option<String>,
-}
-
-/// `GET /jobs[?status=S][&limit=N][&after=ID]`: a page of the jobs the caller may see,
-/// newest first, and `Link: <…>; rel="next"` while more follow.
-#[utoipa::path(
-    get,
-    path = "/jobs",
-    tag = "jobs",
-    summary = "List jobs",
-    description = "A page of the jobs the caller may see (a user its own, an admin all), newest first.",
-    params(ListQuery),
-    responses(
-        (
-            status = 200,
-            description = "A page of jobs",
-            body = Vec<Job>,
-            headers(("Link" = String, description = "`</jobs?…>; rel=\"next\"`: the next page, while more jobs follow")),
-        ),
-        (status = 400, description = "An unknown status or query key, a limit out of range, or an `after` that is not a job of the previous page", body = ErrorShape),
-        AuthFaults,
-        ServerFaults,
-    ),
-)]
-async fn list_jobs(
-    State(jobs): State<Jobs>,
-    principal: Principal,
-    QueryParams(mut query): QueryParams<ListQuery>,
-) -> Result<Response> {
-    let status = query
-        .status
-        .as_deref()
-        .map(str::parse::<JobStatus>)
-        .transpose()
-        .map_err(|unknown| Error::BadRequest(unknown.to_string()))?;
-    let limit = query.limit.unwrap_or(PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(Error::BadRequest(format!(
-            "limit must be 1 to {MAX_PAGE_SIZE}"
-        )));
-    }
-    let before_seq = match &query.after {
-        None => None,
-        Some(after) => {
-            // A cursor the caller could not see reads as unknown: no job's existence leaks.
-            let cursor = store::cursor_of(&jobs.db.reads, after).await?;
-            match cursor {
-                Some((seq, owner)) if principal.may_access(&owner) => Some(seq),
-                _ => {
-                    return Err(Error::BadRequest(
-                        "after must be the id of a job on the previous page".into(),
-                    ));
-                }
-            }
-        }
-    };
-    let page = store::list(
-        &jobs.db.reads,
-        principal.only_owner(),
-        status,
-        before_seq,
-        limit,
-        PAGE_BUDGET,
-    )
-    .await?;
-    let next = match page.jobs.last() {
-        Some(last) if page.more => {
-            query.after = Some(last.id.clone());
-            query.limit = Some(limit);
-            let query = serde_urlencoded::to_string(&query)
-                .map_err(|error| Error::Internal(error.to_string()))?;
-            Some(
-                HeaderValue::from_str(&format!("</jobs?{query}>; rel=\"next\""))
-                    .map_err(|error| Error::Internal(error.to_string()))?,
-            )
-        }
-        _ => None,
-    };
-    let body = Json(page.jobs.into_iter().map(Job::from).collect::<Vec<_>>());
-    let mut response = body.into_response();
-    if let Some(next) = next {
-        response.headers_mut().insert(header::LINK, next);
-    }
-    Ok(response)
-}
-
 /// `DELETE /jobs/{id}`: 204 for a finished job, whose output and record are then deleted;
 /// 409 while it is queued or running.
 #[utoipa::path(
@@ -302,8 +193,7 @@ async fn list_jobs(
     params(("id" = String, Path, description = "The job's id", format = "uuid")),
     responses(
         (status = 204, description = "The job is deleted; its output is removed in the background"),
-        (status = 400, description = "The id is not a UUID", body = ErrorShape),
-        (status = 404, description = "No job with that id that the caller may see (another user's job is not revealed)", body = ErrorShape),
+        LookupFaults,
         (status = 409, description = "The job is queued or running: stop it first", body = ErrorShape),
         AuthFaults,
         ServerFaults,
@@ -344,8 +234,7 @@ async fn delete_job(
     params(("id" = String, Path, description = "The job's id", format = "uuid")),
     responses(
         (status = 200, description = "The job", body = Job),
-        (status = 400, description = "The id is not a UUID", body = ErrorShape),
-        (status = 404, description = "No job with that id that the caller may see (another user's job is not revealed)", body = ErrorShape),
+        LookupFaults,
         AuthFaults,
         ServerFaults,
     ),
@@ -373,8 +262,7 @@ async fn read_job(
     params(("id" = String, Path, description = "The job's id", format = "uuid")),
     responses(
         (status = 200, description = "The job, stopped", body = Job),
-        (status = 400, description = "The id is not a UUID", body = ErrorShape),
-        (status = 404, description = "No job with that id that the caller may see (another user's job is not revealed)", body = ErrorShape),
+        LookupFaults,
         (status = 409, description = "The job had already ended some other way", body = ErrorShape),
         AuthFaults,
         ServerFaults,
@@ -467,8 +355,7 @@ struct OutputQuery {
             body = [u8],
             content_type = "application/octet-stream",
         ),
-        (status = 400, description = "The id is not a UUID, or the query is not `offset` and `follow`", body = ErrorShape),
-        (status = 404, description = "No job with that id that the caller may see (another user's job is not revealed)", body = ErrorShape),
+        LookupFaults,
         AuthFaults,
         ServerFaults,
     ),
@@ -504,6 +391,22 @@ async fn read_output(
         Body::from_stream(reader.into_stream()),
     )
         .into_response())
+}
+
+/// 400 and 404: what every route of one job may answer, from [`visible_job`] (or from the
+/// query string's extractor).
+#[derive(utoipa::IntoResponses)]
+#[expect(
+    dead_code,
+    reason = "only its API description is used: the errors come from `Error`"
+)]
+enum LookupFaults {
+    /// The id is not a UUID, or the query string has a key or a value the route does not take.
+    #[response(status = 400)]
+    Malformed(ErrorShape),
+    /// No job with that id that the caller may see: another user's job is not revealed.
+    #[response(status = 404)]
+    NotFound(ErrorShape),
 }
 
 /// The job `id` if the principal may see it; 400 for a malformed id, 404 otherwise.
