@@ -177,17 +177,14 @@ pub fn main() -> ExitCode {
 fn print_openapi(listener: Option<Api>) -> ExitCode {
     let text = match listener {
         Some(api) => supervisor::openapi::document(api).to_pretty_json(),
-        None => {
-            let documents: serde_json::Map<_, _> = Api::ALL
-                .into_iter()
-                .map(|api| {
-                    let document = supervisor::openapi::document(api);
-                    serde_json::to_value(document).map(|value| (api.name().to_owned(), value))
-                })
-                .collect::<Result<_, _>>()
-                .unwrap_or_default();
-            serde_json::to_string_pretty(&documents)
-        }
+        None => Api::ALL
+            .into_iter()
+            .map(|api| {
+                let document = supervisor::openapi::document(api);
+                serde_json::to_value(document).map(|value| (api.name().to_owned(), value))
+            })
+            .collect::<Result<serde_json::Map<_, _>, _>>()
+            .and_then(|documents| serde_json::to_string_pretty(&documents)),
     };
     let written = text.map_err(|error| error.to_string()).and_then(|text| {
         writeln!(std::io::stdout().lock(), "{text}").map_err(|error| error.to_string())
