@@ -83,6 +83,42 @@ pub struct Config {
     #[arg(long, env = "WARDEN_MAX_DB_SIZE", value_parser = parse_size)]
     pub max_db_size: Option<u64>,
 
+    /// The OS account jobs run as [default: `nobody` when warden runs as root; otherwise
+    /// warden's own account, which a job then shares, data dir and all].
+    #[arg(long, env = "WARDEN_JOB_USER")]
+    pub job_user: Option<String>,
+
+    /// Memory (RAM and swap) a job's processes may hold together, and the most a request may
+    /// ask for (e.g. `512MiB`) [default: no limit].
+    #[arg(long, env = "WARDEN_JOB_MEMORY", value_parser = parse_positive_size)]
+    pub job_memory: Option<u64>,
+
+    /// Share of one CPU core a job may use (e.g. `0.5`), and the most a request may ask for
+    /// [default: no limit].
+    #[arg(long, env = "WARDEN_JOB_CPU", value_parser = parse_cpu)]
+    pub job_cpu: Option<f64>,
+
+    /// Processes and threads a job may have at once, and the most a request may ask for
+    /// [default: no limit].
+    #[arg(long, env = "WARDEN_JOB_PIDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub job_pids: Option<u64>,
+
+    /// How long a job may run before it is killed, and the longest a request may ask for
+    /// (e.g. `10m`) [default: no limit].
+    #[arg(long, env = "WARDEN_JOB_TIMEOUT", value_parser = parse_positive_duration)]
+    pub job_timeout: Option<Duration>,
+
+    /// A cgroup per job (`auto`: where the host lets warden make one), or `off`: jobs are
+    /// contained by process group and marker only, and limits other than the timeout are
+    /// unavailable.
+    #[arg(long, env = "WARDEN_JOB_CGROUPS", default_value = "auto")]
+    pub job_cgroups: JobCgroups,
+
+    /// How many jobs one user may have queued at once; past it `POST /jobs` answers 429.
+    #[arg(long, env = "WARDEN_MAX_QUEUED_PER_USER", default_value = "1000",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_per_user: u64,
+
     /// Mutual TLS on the jobs listener; `off` serves plain HTTP and needs a loopback address.
     #[arg(long, env = "WARDEN_JOBS_TLS", default_value = "on")]
     pub jobs_tls: JobsTls,
@@ -164,6 +200,15 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum JobsTls {
     On,
+    Off,
+}
+
+/// Whether each job gets a cgroup of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobCgroups {
+    /// Where the host lets warden make one.
+    Auto,
+    /// Never: process groups and markers only.
     Off,
 }
 
@@ -308,6 +353,30 @@ impl Config {
             || std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             NonZeroUsize::get,
         )
+    }
+}
+
+/// A byte size of more than zero.
+fn parse_positive_size(value: &str) -> Result<u64, String> {
+    match parse_size(value)? {
+        0 => Err("must be more than 0".to_owned()),
+        size => Ok(size),
+    }
+}
+
+/// A duration of more than zero.
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        duration if duration.is_zero() => Err("must be more than 0".to_owned()),
+        duration => Ok(duration),
+    }
+}
+
+/// A share of one core: a number of more than zero, at most 1024 cores.
+fn parse_cpu(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(cpu) if cpu.is_finite() && cpu > 0.0 && cpu <= 1024.0 => Ok(cpu),
+        _ => Err("expected a share of one core of more than 0, like 0.5 or 2".to_owned()),
     }
 }
 

@@ -169,6 +169,12 @@ async fn create_job(
             args,
             owner: principal.user.clone(),
             created_at_ms: jobs.clock.now_ms(),
+            env: "{}".to_owned(),
+            cwd: None,
+            memory_limit_bytes: None,
+            cpu_limit: None,
+            pids_limit: None,
+            timeout_ms: None,
         })
         .await?;
     jobs.runner.wake();

@@ -10,7 +10,7 @@ mod output;
 pub use deletion::{Purged, delete_finished, expire_finished, purge_step};
 pub use output::{AppendOutput, OutputChunk, Stored, read_output};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures_util::TryStreamExt as _;
 
@@ -41,6 +41,15 @@ pub struct JobRow {
     pub finished_at_ms: Option<i64>,
     pub output_bytes: i64,
     pub output_truncated: bool,
+    /// The environment the request added, as a JSON object of strings; see [`JobRow::env`].
+    pub env: String,
+    /// The working directory (`None`: the default, `/`).
+    pub cwd: Option<String>,
+    pub memory_limit_bytes: Option<i64>,
+    /// A share of one core.
+    pub cpu_limit: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub timeout_ms: Option<i64>,
 }
 
 impl JobRow {
@@ -52,6 +61,11 @@ impl JobRow {
     /// The job's arguments; an error only for a row edited by hand.
     pub fn args(&self) -> Result<Vec<String>, serde_json::Error> {
         serde_json::from_str(&self.args)
+    }
+
+    /// The environment the request added; an error only for a row edited by hand.
+    pub fn env(&self) -> Result<BTreeMap<String, String>, serde_json::Error> {
+        serde_json::from_str(&self.env)
     }
 }
 
@@ -65,6 +79,13 @@ pub struct NewJobRow {
     pub args: String,
     pub owner: String,
     pub created_at_ms: i64,
+    /// The environment the request added, as a JSON object of strings.
+    pub env: String,
+    pub cwd: Option<String>,
+    pub memory_limit_bytes: Option<i64>,
+    pub cpu_limit: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub timeout_ms: Option<i64>,
 }
 
 /// The batch that queues jobs: one statement for the whole batch, so concurrent submissions
@@ -87,14 +108,19 @@ impl Batch for QueueJobs {
         // In submission order, so that `seq` (the queue order) follows it.
         let rows = sqlx::query_as!(
             JobRow,
-            r#"INSERT INTO jobs (id, name, command, args, owner, created_at_ms)
+            r#"INSERT INTO jobs (id, name, command, args, owner, created_at_ms, env, cwd,
+                                   memory_limit_bytes, cpu_limit, pids_limit, timeout_ms)
                SELECT job.value ->> 'id', job.value ->> 'name', job.value ->> 'command',
-                      job.value ->> 'args', job.value ->> 'owner', job.value ->> 'created_at_ms'
+                      job.value ->> 'args', job.value ->> 'owner', job.value ->> 'created_at_ms',
+                      job.value ->> 'env', job.value ->> 'cwd',
+                      job.value ->> 'memory_limit_bytes', job.value ->> 'cpu_limit',
+                      job.value ->> 'pids_limit', job.value ->> 'timeout_ms'
                FROM json_each(?1) AS job
                ORDER BY job.key
                RETURNING seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
                          exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
-                         output_bytes, output_truncated AS "output_truncated: bool""#,
+                         output_bytes, output_truncated AS "output_truncated: bool", env, cwd,
+                      memory_limit_bytes, cpu_limit, pids_limit, timeout_ms"#,
             jobs
         )
         .fetch_all(&mut *conn)
@@ -126,7 +152,8 @@ pub async fn find(reads: &SqlitePool, id: &str) -> Result<Option<JobRow>, sqlx::
         JobRow,
         r#"SELECT seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
                   exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
-                  output_bytes, output_truncated AS "output_truncated: bool"
+                  output_bytes, output_truncated AS "output_truncated: bool", env, cwd,
+                      memory_limit_bytes, cpu_limit, pids_limit, timeout_ms
            FROM jobs WHERE id = ?1 AND deleted_at_ms IS NULL"#,
         id
     )
@@ -160,7 +187,8 @@ pub async fn list(
             JobRow,
             r#"SELECT seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
                       exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
-                      output_bytes, output_truncated AS "output_truncated: bool"
+                      output_bytes, output_truncated AS "output_truncated: bool", env, cwd,
+                      memory_limit_bytes, cpu_limit, pids_limit, timeout_ms
                FROM jobs
                WHERE owner = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR seq < ?3)
                  AND deleted_at_ms IS NULL
@@ -174,7 +202,8 @@ pub async fn list(
             JobRow,
             r#"SELECT seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
                       exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
-                      output_bytes, output_truncated AS "output_truncated: bool"
+                      output_bytes, output_truncated AS "output_truncated: bool", env, cwd,
+                      memory_limit_bytes, cpu_limit, pids_limit, timeout_ms
                FROM jobs
                WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR seq < ?2)
                  AND deleted_at_ms IS NULL
@@ -223,7 +252,8 @@ async fn claim_next(
              AND status = 'queued'
            RETURNING seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
                      exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
-                     output_bytes, output_truncated AS "output_truncated: bool""#,
+                     output_bytes, output_truncated AS "output_truncated: bool", env, cwd,
+                      memory_limit_bytes, cpu_limit, pids_limit, timeout_ms"#,
         now_ms
     )
     .fetch_optional(&mut *conn)
