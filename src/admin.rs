@@ -25,6 +25,7 @@ use crate::clock::millis;
 use crate::db::{Ailment, StorageHealth};
 use crate::error::{Error, Result};
 use crate::http::PathParams;
+use crate::jobs::sandbox::{Sandbox, SandboxReport};
 use crate::openapi::{Api, ErrorShape};
 use crate::telemetry::Telemetry;
 
@@ -67,6 +68,8 @@ pub struct Admin {
     pub documents: Arc<BTreeMap<Api, Bytes>>,
     /// The App's metrics, for `/metrics`.
     pub telemetry: Telemetry,
+    /// How jobs are isolated, when the job runner is enabled.
+    pub isolation: Option<Arc<Sandbox>>,
 }
 
 /// `/healthz`, `/metrics` and `/openapi/{file}`; [`shutdown_routes`] adds `/shutdown`.
@@ -116,6 +119,9 @@ struct Health {
     /// Each enabled service's state, by name.
     services: BTreeMap<&'static str, ServiceState>,
     storage: Storage,
+    /// How jobs are isolated on this host (absent when the job runner is not enabled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jobs: Option<SandboxReport>,
 }
 
 /// `GET /healthz`: 200 while every enabled service is up and every write path commits; 503
@@ -157,6 +163,7 @@ async fn healthz(State(admin): State<Admin>) -> (StatusCode, Json<Health>) {
         uptime_ms: millis(admin.started.elapsed()),
         services,
         storage,
+        jobs: admin.isolation.as_ref().map(|sandbox| sandbox.report()),
     };
     (code, Json(health))
 }

@@ -274,8 +274,14 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // This process runs nothing but warden: it may adopt its jobs' orphans.
+    crate::jobs::sandbox::let_orphans_come_home();
     match supervisor::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is_setting() => {
+            eprintln!("warden: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("warden: {error}");
             ExitCode::FAILURE

@@ -3,9 +3,12 @@
 //! A status is a [`JobStatus`] everywhere in Rust; it is a string only in SQL (the `jobs`
 //! table's `CHECK`) and in JSON, both spelled by the one `lowercase` rule below.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 
+use super::sandbox::{DEFAULT_CWD, LimitHits, Limits, MAX_VARIABLES};
 use super::store::JobRow;
 use crate::error::{Error, Result};
 
@@ -134,6 +137,47 @@ impl Ending {
         }
     }
 
+    /// A limit of the job's ended it: `error` names which.
+    pub fn limited(
+        exit_code: Option<i64>,
+        signal: Option<i64>,
+        error: String,
+        truncated: bool,
+    ) -> Self {
+        Self {
+            status: JobStatus::Failed,
+            exit_code,
+            signal,
+            error: Some(error),
+            truncated,
+        }
+    }
+
+    /// A failure that a limit caused names the limit: the kernel killed a process for memory,
+    /// or a fork failed at the pids limit. A job that succeeded anyway stays a success.
+    pub fn blamed_on(self, hits: LimitHits, limits: &Limits) -> Self {
+        if self.status != JobStatus::Failed {
+            return self;
+        }
+        let blame = match (hits, limits.memory_bytes, limits.pids) {
+            (
+                LimitHits {
+                    out_of_memory: true,
+                    ..
+                },
+                Some(bytes),
+                _,
+            ) => format!(
+                "out of memory: killed by the kernel at the job's memory limit of {bytes} bytes"
+            ),
+            (LimitHits { pids: true, .. }, _, Some(pids)) => {
+                format!("a fork failed at the job's pids limit of {pids} processes and threads")
+            }
+            _ => return self,
+        };
+        Self::limited(self.exit_code, self.signal, blame, self.truncated)
+    }
+
     /// The job failed without an exit status of its own: it could not start, could not be
     /// tracked, or could not be waited for; `error` says which.
     pub fn failed(error: String, truncated: bool) -> Self {
@@ -161,6 +205,19 @@ pub struct NewJob {
     /// A name for people to tell jobs apart by.
     #[schema(max_length = 256)]
     pub name: Option<String>,
+    /// Variables added to the job's environment, which otherwise holds only `PATH`, `HOME`
+    /// and `LANG`. warden's own (`WARDEN_*`) and the loader's (`LD_*` and the like) are
+    /// refused. Stored and shown with the job: not a place for secrets.
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, Argument>)]
+    pub env: BTreeMap<String, String>,
+    /// The job's working directory: an absolute path to an existing directory outside
+    /// warden's data dir [default: `/`].
+    #[schema(max_length = 4096, pattern = "^/[^\\u0000]*$")]
+    pub cwd: Option<String>,
+    /// Lower limits than the server's for this job; each one left out is the server's.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// One argument of a job, as its API description shows it: any text without a NUL, which no
@@ -201,6 +258,9 @@ impl NewJob {
         {
             return bad("`name` must be at most 256 characters");
         }
+        if self.env.len() > MAX_VARIABLES {
+            return bad("`env` may set at most 256 variables");
+        }
         Ok(())
     }
 }
@@ -230,6 +290,12 @@ pub struct Job {
     pub output_bytes: i64,
     /// Output was dropped: past `--job-output-limit`, or past `--max-db-size`.
     pub output_truncated: bool,
+    /// The variables the request added to its environment.
+    pub env: BTreeMap<String, String>,
+    /// Its working directory.
+    pub cwd: String,
+    /// The limits it runs with (`null`: none).
+    pub limits: Limits,
 }
 
 impl From<JobRow> for Job {
@@ -238,6 +304,9 @@ impl From<JobRow> for Job {
             // warden writes `args` from a `Vec<String>`; only a hand-edited row fails to
             // parse, and it shows no arguments here (the runner refuses to run it).
             args: row.args().unwrap_or_default(),
+            env: row.env().unwrap_or_default(),
+            limits: row.limits(),
+            cwd: row.cwd.clone().unwrap_or_else(|| DEFAULT_CWD.to_owned()),
             id: row.id,
             name: row.name,
             command: row.command,

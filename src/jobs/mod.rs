@@ -15,6 +15,7 @@ mod output;
 mod process;
 mod retention;
 mod runner;
+pub mod sandbox;
 mod store;
 
 use std::time::Duration;
@@ -85,12 +86,13 @@ impl Service for Jobs {
             telemetry,
         } = context;
         let keys = TokenKeys::load_or_create(db, clock.now_ms()).await?;
+        let (retention, purge_every) = (settings.retention, settings.purge_every);
         let runner = Runner::start(db, tasks, shutdown, clock.clone(), settings, telemetry).await?;
         let retention = Retention::start(
             db.clone(),
             clock.clone(),
-            settings.retention,
-            settings.purge_every,
+            retention,
+            purge_every,
             tasks,
             shutdown.clone(),
         );
@@ -153,10 +155,18 @@ async fn create_job(
     let body = read_body(request, BODY_LIMIT).await?;
     let new: NewJob = serde_json::from_slice(&body).map_err(|error| {
         Error::BadRequest(format!(
-            "the body must be {{\"command\": string, \"args\": [string], \"name\": string}}: {error}"
+            "the body must be {{\"command\": string, \"args\": [string], \"name\": string, \
+             \"env\": {{string: string}}, \"cwd\": string, \"limits\": {{\"memoryBytes\", \
+             \"cpu\", \"pids\", \"timeoutMs\"}}}}: {error}"
         ))
     })?;
     new.check()?;
+    let limits = jobs
+        .runner
+        .sandbox()
+        .admit(&new.env, new.cwd.as_deref(), &new.limits)?;
+    let env =
+        serde_json::to_string(&new.env).map_err(|error| Error::Internal(error.to_string()))?;
     let id = uuid::Uuid::new_v4().to_string();
     let args =
         serde_json::to_string(&new.args).map_err(|error| Error::Internal(error.to_string()))?;
@@ -169,12 +179,12 @@ async fn create_job(
             args,
             owner: principal.user.clone(),
             created_at_ms: jobs.clock.now_ms(),
-            env: "{}".to_owned(),
-            cwd: None,
-            memory_limit_bytes: None,
-            cpu_limit: None,
-            pids_limit: None,
-            timeout_ms: None,
+            env,
+            cwd: new.cwd,
+            memory_limit_bytes: limits.memory_bytes.map(saturating_i64),
+            cpu_limit: limits.cpu,
+            pids_limit: limits.pids.map(saturating_i64),
+            timeout_ms: limits.timeout_ms.map(saturating_i64),
         })
         .await?;
     jobs.runner.wake();
@@ -424,4 +434,9 @@ async fn visible_job(reads: &SqlitePool, principal: &Principal, id: &str) -> Res
         Some(job) if principal.may_access(&job.owner) => Ok(job),
         _ => Err(Error::not_found("no job with that id")),
     }
+}
+
+/// A count or size as SQLite stores it (past `i64::MAX` is no limit anyone can reach).
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }

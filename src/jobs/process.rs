@@ -1,23 +1,59 @@
-//! A job's process: spawned directly (never through a shell) as the leader of a process
-//! group of its own, signalled as a group, reaped, and recognised again after a crash of
-//! warden through `/proc`.
+//! A job's process: spawned directly (never through a shell) into its confinement (its
+//! cgroup, or its marker) as the leader of a session and process group of its own, as the
+//! job's account, in its working directory; signalled, killed whole, reaped, and recognised
+//! again after a crash of warden through `/proc`.
 //!
-//! Invariant: a group is signalled only while its leader is known to be ours (a child we
-//! have not yet reaped, or a recorded leader whose boot and start time still match).
+//! Invariants: the leader is reaped only after everything else of the job is killed, and it
+//! is only ever signalled through its pidfd or its group while it is unreaped, so a
+//! recycled pid is never signalled; a job's processes never outlive [`JobProcess::finish`].
 
+use std::ffi::OsString;
+use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::process::{ExitStatus, Stdio};
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Gid, Pid, Uid};
+use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
-/// A running job's process and its process group (whose id is the leader's pid).
+use super::sandbox::{JobCgroup, LimitHits, markers};
+
+/// What holds all of a job's processes, so that they end together.
+#[derive(Debug)]
+pub enum Confinement {
+    /// A cgroup of its own: `cgroup.kill` ends every process in it.
+    Cgroup(JobCgroup),
+    /// A marker in its processes' environment (no cgroup on this host), found through
+    /// `/proc`; see [`markers`].
+    Marked(String),
+}
+
+/// How to start a job's process.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    pub command: &'a str,
+    pub args: &'a [String],
+    /// Its whole environment.
+    pub env: Vec<(String, OsString)>,
+    pub cwd: &'a str,
+    /// The account to switch to after the fork, when it is not warden's own.
+    pub switch_to: Option<(Uid, Gid)>,
+    pub confinement: Confinement,
+}
+
+/// A running job's process, its pidfd, and what holds the rest of the job.
 #[derive(Debug)]
 pub struct JobProcess {
     child: Child,
     pid: i32,
+    /// Readable once the leader has exited; it does not reap it.
+    pidfd: AsyncFd<OwnedFd>,
+    confinement: Confinement,
+    finished: bool,
 }
 
 /// A started process, with the pipes of its output.
@@ -31,78 +67,195 @@ pub struct Spawned {
 /// Why a job's process could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("cannot start {command:?}: {source}")]
-    Start { command: String, source: io::Error },
-    #[error("the process ended before it could be tracked")]
-    Untracked,
+    #[error("cannot start {command:?} in {cwd:?}: {source}")]
+    Start {
+        command: String,
+        cwd: String,
+        source: io::Error,
+    },
+    #[error("the process could not be tracked: {0}")]
+    Untracked(String),
+}
+
+/// How a job's process ended, once all of the job is gone.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: io::Result<ExitStatus>,
+    pub hits: LimitHits,
 }
 
 impl JobProcess {
-    /// Starts `command` with `args` in a new process group, stdin from `/dev/null`, stdout and
-    /// stderr piped, and none of warden's own `WARDEN_*` settings in its environment.
-    pub fn spawn(command: &str, args: &[String]) -> Result<Spawned, SpawnError> {
-        let mut builder = Command::new(command);
-        // warden's own settings (WARDEN_TOKEN among them) are not the job's business.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("WARDEN_") {
-                builder.env_remove(name);
-            }
-        }
-        let mut child = builder
-            .args(args)
+    /// Starts `launch` with stdin from `/dev/null` and stdout and stderr piped. After the fork
+    /// and before the exec, the child joins its cgroup (while it is still privileged), starts
+    /// a session of its own, drops every group, switches account, and enters its working
+    /// directory as that account.
+    pub fn spawn(launch: Launch<'_>) -> Result<Spawned, SpawnError> {
+        let start_error = |source: io::Error| SpawnError::Start {
+            command: launch.command.to_owned(),
+            cwd: launch.cwd.to_owned(),
+            source,
+        };
+        let mut builder = Command::new(launch.command);
+        builder
+            .env_clear()
+            .envs(launch.env.iter().map(|(name, value)| (name, value)))
+            .args(launch.args)
+            .current_dir(launch.cwd)
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| SpawnError::Start {
-                command: command.to_owned(),
-                source,
-            })?;
-        // A pid beyond i32 cannot be signalled: treat it like one we lost track of.
+            .kill_on_drop(true);
+        if let Some((uid, gid)) = launch.switch_to {
+            // Also drops every supplementary group, before the switch.
+            builder.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        if let Confinement::Cgroup(cgroup) = &launch.confinement {
+            join_before_exec(&mut builder, cgroup.procs_files().map_err(start_error)?);
+        }
+        let mut child = {
+            // Listed before it can exit, so that the subreaper's reaper never takes it.
+            let mut leaders = markers::LEADERS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let child = builder.spawn().map_err(start_error)?;
+            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                leaders.push(pid);
+            }
+            child
+        };
+        // The cgroup files the closure holds are closed with it (the child's copies by exec).
+        drop(builder);
+        let untracked = |why: String| SpawnError::Untracked(why);
+        // Unreaped (only its worker reaps it), the pid is still the child's.
         let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) else {
-            return Err(SpawnError::Untracked);
+            return Err(untracked("its pid does not fit a pid_t".to_owned()));
+        };
+        let pidfd = markers::pidfd_open(pid)
+            .ok_or_else(|| untracked(format!("pidfd_open: {}", io::Error::last_os_error())))
+            .and_then(|fd| watch(fd).map_err(|error| untracked(error.to_string())));
+        let pidfd = match pidfd {
+            Ok(pidfd) => pidfd,
+            Err(error) => {
+                let _ = child.start_kill();
+                return Err(error);
+            }
         };
         Ok(Spawned {
             stdout: child.stdout.take(),
             stderr: child.stderr.take(),
-            process: Self { child, pid },
+            process: Self {
+                child,
+                pid,
+                pidfd,
+                confinement: launch.confinement,
+                finished: false,
+            },
         })
     }
 
-    /// The leader's pid, which is also the group's id.
+    /// The leader's pid, which is also its group's and its session's id.
     pub fn pid(&self) -> i32 {
         self.pid
     }
 
-    /// Waits for the leader to exit.
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        self.child.wait().await
+    /// Waits for the leader to exit, without reaping it.
+    pub async fn exited(&self) {
+        // An error here would be the runtime's; the reap in `finish` then waits instead.
+        let _ = self.pidfd.readable().await;
     }
 
-    /// SIGTERM to the group, SIGKILL after `grace`; returns the leader's exit status.
-    pub async fn terminate(&mut self, grace: Duration) -> io::Result<ExitStatus> {
-        let group = Pid::from_raw(self.pid);
-        let _ = killpg(group, Signal::SIGTERM);
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => status,
-            Err(_) => {
-                let _ = killpg(group, Signal::SIGKILL);
-                self.child.wait().await
+    /// SIGTERM to the leader's group, then everything after `grace` if the leader is still
+    /// there.
+    pub async fn terminate(&self, grace: Duration) {
+        // Unreaped, the leader keeps its group's id from being reused.
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGTERM);
+        if tokio::time::timeout(grace, self.exited()).await.is_err() {
+            self.kill_all();
+        }
+    }
+
+    /// SIGKILL to every process of the job, the leader among them.
+    pub fn kill_all(&self) {
+        match &self.confinement {
+            Confinement::Cgroup(cgroup) => cgroup.kill(),
+            Confinement::Marked(marker) => {
+                let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+                let _ = markers::pidfd_kill(self.pidfd.get_ref());
+                markers::kill_marked(markers::Reach::Job(marker), Some(self.pid));
             }
         }
     }
 
-    /// SIGKILL to whatever is left in the group.
-    pub fn kill_group(&self) {
-        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+    /// Kills whatever is left of the job, reaps the leader, and tells how it ended and what
+    /// hit the job's limits; its cgroup is removed.
+    pub async fn finish(mut self) -> Finished {
+        self.kill_all();
+        let status = self.child.wait().await;
+        self.finished = true;
+        markers::LEADERS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|pid| *pid != self.pid);
+        let hits = match &self.confinement {
+            Confinement::Cgroup(cgroup) => {
+                cgroup.wait_empty().await;
+                let hits = cgroup.hits();
+                cgroup.remove().await;
+                hits
+            }
+            Confinement::Marked(marker) => {
+                // Whatever forked while the leader was reaped.
+                markers::kill_marked(markers::Reach::Job(marker), None);
+                LimitHits::default()
+            }
+        };
+        Finished { status, hits }
     }
+}
 
-    /// Kills the group and reaps the leader: for a process that must not run after all.
-    pub async fn abandon(mut self) {
-        self.kill_group();
-        let _ = self.child.wait().await;
+/// Makes the child move itself into each cgroup whose `cgroup.procs` is in `procs` (by
+/// writing `0`, which moves the writer) after the fork, before the exec: so the job's
+/// program, and all it ever starts, run in its cgroup from their first instruction. The
+/// child has switched account by then; the kernel (5.16 and later) checks the move against
+/// who opened the files, warden.
+#[expect(
+    unsafe_code,
+    reason = "joining a cgroup between fork and exec needs pre_exec"
+)]
+fn join_before_exec(builder: &mut Command, procs: Vec<File>) {
+    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
+    // sound: it makes `write` system calls on files opened before the fork, allocating
+    // nothing and taking no lock.
+    unsafe {
+        builder.pre_exec(move || {
+            for file in &procs {
+                nix::unistd::write(file, b"0")?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Registers a pidfd with the runtime, which wakes its reader once the process has exited.
+#[expect(
+    unsafe_code,
+    reason = "tokio registers a raw fd only through an unsafe call"
+)]
+fn watch(pidfd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the fd, so it stays open (and is not replaced) for as long as
+    // it is registered, and is closed only when the AsyncFd drops.
+    unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(|error| error.into_parts().1)
+}
+
+impl Drop for JobProcess {
+    /// A job dropped unfinished (its worker was cancelled) takes its processes with it; the
+    /// next start removes its cgroup.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.kill_all();
+        }
     }
 }
 

@@ -15,7 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use super::job::Ending;
 use super::output::{self, Progress};
-use super::process::{self, JobProcess, ProcessMark, Spawned};
+use super::process::{self, Finished, JobProcess, ProcessMark, Spawned};
+use super::sandbox::Sandbox;
 use super::store::{self, AppendOutput, JobRow};
 use crate::clock::Clock;
 use crate::db::{Database, Writer};
@@ -113,6 +114,8 @@ impl Drop for Following {
 enum Cut {
     Stopped,
     ShutDown,
+    /// It ran out its timeout.
+    TimedOut(Duration),
 }
 
 /// Runs jobs; clone freely.
@@ -135,8 +138,10 @@ impl std::fmt::Debug for Runner {
 }
 
 /// The runner's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunnerSettings {
+    /// How jobs are isolated (set up before the runner starts).
+    pub sandbox: Arc<Sandbox>,
     /// How many jobs run at once (at least one).
     pub workers: usize,
     /// How long a stopped job gets between SIGTERM and SIGKILL.
@@ -175,7 +180,7 @@ impl Runner {
             settings,
         };
         runner.recover().await?;
-        for _ in 0..settings.workers.max(1) {
+        for _ in 0..runner.settings.workers.max(1) {
             tasks.spawn(runner.clone().work(shutdown.clone()));
         }
         Ok(runner)
@@ -205,6 +210,11 @@ impl Runner {
     /// Asks running job `seq` to stop: SIGTERM to its group, SIGKILL after the grace.
     pub fn stop(&self, seq: i64) {
         self.live.with(seq, |job| job.stop.cancel());
+    }
+
+    /// How jobs are isolated.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.settings.sandbox
     }
 
     /// The stop grace.
@@ -318,17 +328,21 @@ impl Runner {
                 false,
             );
         };
+        let launch = match self.settings.sandbox.launch(job, &args) {
+            Ok(launch) => launch,
+            Err(why) => return Ending::failed(why, false),
+        };
         let Spawned {
-            mut process,
+            process,
             stdout,
             stderr,
-        } = match JobProcess::spawn(&job.command, &args) {
+        } = match JobProcess::spawn(launch) {
             Ok(spawned) => spawned,
             Err(error) => return Ending::failed(error.to_string(), false),
         };
         if let Err(fault) = self.record_process(job.seq, process.pid()).await {
             // Unrecorded, the process could not be found again after a crash: do not run it.
-            process.abandon().await;
+            process.finish().await;
             return Ending::failed(
                 format!("could not record the job's process: {fault}"),
                 false,
@@ -344,17 +358,37 @@ impl Runner {
             self.settings.output_limit,
         ));
         let grace = self.settings.stop_grace;
-        let (status, cut) = tokio::select! {
-            status = process.wait() => (status, None),
-            () = stop.cancelled() => (process.terminate(grace).await, Some(Cut::Stopped)),
-            () = shutdown.cancelled() => (process.terminate(grace).await, Some(Cut::ShutDown)),
+        let limits = job.limits();
+        let timed_out = async {
+            match limits.timeout() {
+                Some(timeout) => {
+                    tokio::time::sleep(timeout).await;
+                    timeout
+                }
+                None => std::future::pending().await,
+            }
         };
-        // Whatever the job left running in its group goes with it.
-        process.kill_group();
+        let cut = tokio::select! {
+            () = process.exited() => None,
+            () = stop.cancelled() => {
+                process.terminate(grace).await;
+                Some(Cut::Stopped)
+            }
+            () = shutdown.cancelled() => {
+                process.terminate(grace).await;
+                Some(Cut::ShutDown)
+            }
+            timeout = timed_out => {
+                process.kill_all();
+                Some(Cut::TimedOut(timeout))
+            }
+        };
+        // Whatever the job left running goes with it, before the leader is reaped.
+        let Finished { status, hits } = process.finish().await;
         let truncated = match tokio::time::timeout(OUTPUT_DRAIN, &mut output).await {
             Ok(Ok(summary)) => summary.truncated,
             _ => {
-                // A process that left the group still holds the pipe: stop reading it, so
+                // A process that escaped the job still holds the pipe: stop reading it, so
                 // nothing is appended to a job recorded as ended.
                 output.abort();
                 tracing::warn!(job = %job.id, "output did not end with the job; it was cut");
@@ -369,7 +403,16 @@ impl Runner {
         match (cut, status) {
             (Some(Cut::Stopped), _) => Ending::stopped(exit_code, signal, truncated),
             (Some(Cut::ShutDown), _) => Ending::interrupted(exit_code, signal, truncated),
-            (None, Ok(_)) => Ending::exited(exit_code, signal, truncated),
+            (Some(Cut::TimedOut(timeout)), _) => Ending::limited(
+                exit_code,
+                signal,
+                format!(
+                    "killed at its timeout of {}",
+                    humantime::format_duration(timeout)
+                ),
+                truncated,
+            ),
+            (None, Ok(_)) => Ending::exited(exit_code, signal, truncated).blamed_on(hits, &limits),
             (None, Err(error)) => {
                 Ending::failed(format!("cannot wait for the process: {error}"), truncated)
             }

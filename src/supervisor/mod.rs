@@ -31,10 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin, ServiceBoard, ServiceState};
-use crate::config::{Config, JobsTls};
+use crate::config::{Config, JobCgroups, JobsTls};
 use crate::db::{DataDirLock, Database, LockError, lock_data_dir};
 use crate::error::StorageFault;
 use crate::hashes::{HashSettings, Hashes};
+use crate::jobs::sandbox::{self, Sandbox, SandboxSettings};
 use crate::jobs::{JobSettings, Jobs};
 use crate::registry::{self, Registry, RegistrySettings};
 use crate::security::pki::PkiError;
@@ -69,6 +70,9 @@ pub enum StartError {
     Pki(#[from] PkiError),
     #[error("cannot set up TLS on the jobs listener: {0}")]
     Tls(#[from] TlsError),
+    /// A job isolation setting cannot work on this host (exit code 2, as for a bad setting).
+    #[error("cannot isolate jobs: {0}")]
+    Sandbox(String),
     #[error("cannot write the API documents: {0}")]
     Documents(#[from] serde_json::Error),
     #[error("cannot listen for {service} on {addr}: {source}")]
@@ -172,12 +176,29 @@ impl App {
                 bind_service::<Registry>(context, config.registry_addr, settings, None).await?,
             );
         }
+        let mut isolation = None;
         if !config.no_jobs {
             let tls = match config.jobs_tls {
                 JobsTls::On => Some(jobs_tls(&config)?),
                 JobsTls::Off => None,
             };
+            let sandbox = Sandbox::set_up(SandboxSettings {
+                job_user: config.job_user.clone(),
+                cgroups: config.job_cgroups == JobCgroups::Auto,
+                limits: sandbox::Limits::of_settings(
+                    config.job_memory,
+                    config.job_cpu,
+                    config.job_pids,
+                    config.job_timeout,
+                ),
+                data_dir: config.data_dir.clone(),
+            })
+            .await
+            .map_err(StartError::Sandbox)?;
+            let sandbox = Arc::new(sandbox);
+            isolation = Some(sandbox.clone());
             let settings = JobSettings {
+                sandbox,
                 workers: config.job_workers(),
                 stop_grace: config.job_stop_grace,
                 output_limit: config.job_output_limit,
@@ -194,6 +215,7 @@ impl App {
             storage: db.health().clone(),
             shutdown: shutdown.clone(),
             documents: Arc::new(openapi::documents()?),
+            isolation,
             telemetry,
         };
         let admin_listener = bind("admin", config.admin_addr).await?;
@@ -386,6 +408,13 @@ pub enum ServeError {
     Start(#[from] StartError),
     #[error(transparent)]
     Run(#[from] RunError),
+}
+
+impl ServeError {
+    /// A setting cannot work here: the operator must change it (exit code 2), not retry.
+    pub fn is_setting(&self) -> bool {
+        matches!(self, Self::Start(StartError::Sandbox(_)))
+    }
 }
 
 /// Cancels `shutdown` on every SIGTERM or SIGINT; repeats are logged and otherwise harmless.

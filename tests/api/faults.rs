@@ -50,7 +50,7 @@ async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without
     };
     let first_hash = app.create_hash("before").await;
     // A job, queued now, that writes its output once the disk is full.
-    let gate = app.dir.path().join("disk-is-full");
+    let gate = app.work.path().join("disk-is-full");
     let (status, job) = call(jobs(Method::POST, "/jobs").json(&json!({
         "command": "sh",
         "args": ["-c", format!(
@@ -168,7 +168,7 @@ async fn a_database_locked_by_another_process_answers_503_and_the_next_batch_com
     };
     assert_eq!(app.create_hash("first").await, 1);
     // One worker: a job that ends when told to, and one queued behind it.
-    let gate = app.dir.path().join("end-now");
+    let gate = app.work.path().join("end-now");
     let (_, blocker) = call(jobs(Method::POST, "/jobs").json(&json!({
         "command": "sh",
         "args": ["-c", format!("while [ ! -e '{}' ]; do sleep 0.01; done", gate.display())]

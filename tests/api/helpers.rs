@@ -57,6 +57,9 @@ fn plain_jobs_unless_asked(flags: &[&str]) -> Vec<String> {
 /// A warden served in-process by the real supervisor.
 pub struct TestApp {
     pub dir: TempDir,
+    /// A directory outside the data dir that jobs (running as `nobody` when the tests run as
+    /// root) can read and write: see [`job_area`].
+    pub work: TempDir,
     pub clock: Clock,
     pub hashes: String,
     pub registry: String,
@@ -68,6 +71,17 @@ pub struct TestApp {
     pub db: Database,
     shutdown: CancellationToken,
     running: JoinHandle<Result<(), RunError>>,
+}
+
+/// A new temp dir that every account can read and write (mode 0777), for the files a job
+/// reads or writes: jobs never reach into the data dir, and when the tests run as root
+/// they run as `nobody`.
+pub fn job_area() -> TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod the job area");
+    dir
 }
 
 impl TestApp {
@@ -109,6 +123,7 @@ impl TestApp {
         let running = tokio::spawn(app.run_until_stopped());
         Self {
             dir,
+            work: job_area(),
             clock,
             hashes: format!("http://{hashes_addr}"),
             registry: format!("http://{registry_addr}"),

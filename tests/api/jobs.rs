@@ -398,7 +398,7 @@ async fn a_queued_job_stops_without_ever_running() {
     let waiting = alice
         .start(
             "touch",
-            &[&app.dir.path().join("ran").display().to_string()],
+            &[&app.work.path().join("ran").display().to_string()],
         )
         .await;
     assert_eq!(alice.job(&waiting).await["status"], "queued");
@@ -421,7 +421,7 @@ async fn a_queued_job_stops_without_ever_running() {
     let next = alice.start("true", &[]).await;
     alice.wait(&next).await;
     assert!(
-        !app.dir.path().join("ran").exists(),
+        !app.work.path().join("ran").exists(),
         "the stopped job never ran"
     );
     app.stop().await;
@@ -431,7 +431,7 @@ async fn a_queued_job_stops_without_ever_running() {
 async fn four_followers_get_the_first_bytes_early_and_the_whole_output() {
     let app = TestApp::spawn().await;
     let alice = User::new(&app, "alice", Role::User).await;
-    let go = app.dir.path().join("go");
+    let go = app.work.path().join("go");
     let script = format!(
         "echo first; while [ ! -e '{}' ]; do sleep 0.01; done; echo last",
         go.display()
@@ -503,10 +503,10 @@ async fn concurrent_submissions_each_get_back_their_own_job() {
 async fn one_worker_runs_queued_jobs_in_submission_order() {
     let app = TestApp::spawn_with(&["--job-workers", "1"]).await;
     let alice = User::new(&app, "alice", Role::User).await;
-    let go = app.dir.path().join("go");
+    let go = app.work.path().join("go");
     let gate = format!("while [ ! -e '{}' ]; do sleep 0.01; done", go.display());
     let gate = alice.start("sh", &["-c", &gate]).await;
-    let log = app.dir.path().join("log");
+    let log = app.work.path().join("log");
     let mut queued = Vec::new();
     for n in 0..5 {
         let script = format!("echo {n} >> '{}'", log.display());
@@ -529,10 +529,13 @@ async fn late_followers_join_a_running_job_at_any_offset() {
     let data: Vec<u8> = (0..3_500_000_u32)
         .map(|n| (n.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
-    let (before, after) = (app.dir.path().join("before"), app.dir.path().join("after"));
+    let (before, after) = (
+        app.work.path().join("before"),
+        app.work.path().join("after"),
+    );
     std::fs::write(&before, &data[..3_000_000]).unwrap();
     std::fs::write(&after, &data[3_000_000..]).unwrap();
-    let go = app.dir.path().join("go");
+    let go = app.work.path().join("go");
     let script = format!(
         "cat '{}'; while [ ! -e '{}' ]; do sleep 0.01; done; cat '{}'",
         before.display(),
@@ -579,7 +582,7 @@ async fn binary_output_round_trips_byte_for_byte() {
     let data: Vec<u8> = (0..300_000_u32)
         .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let file = app.dir.path().join("binary");
+    let file = app.work.path().join("binary");
     std::fs::write(&file, &data).unwrap();
     let id = alice.start("cat", &[&file.display().to_string()]).await;
     let followed = alice.wait(&id).await;

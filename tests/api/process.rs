@@ -380,7 +380,8 @@ async fn after_kill_9_queued_jobs_run_and_running_ones_are_interrupted_and_kille
         .await
         .unwrap();
     let pid = read_until(&mut output, "\n").await.trim().to_owned();
-    let marker = dir.path().join("queued-ran");
+    let area = helpers::job_area();
+    let marker = area.path().join("queued-ran");
     let queued = start("touch", vec![marker.display().to_string()]).await;
 
     warden.signal("KILL").await;

@@ -20,6 +20,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnection;
 
 use super::job::{Ending, JobStatus};
+use super::sandbox::Limits;
 use crate::db::Batch;
 
 /// A job as stored.
@@ -61,6 +62,17 @@ impl JobRow {
     /// The job's arguments; an error only for a row edited by hand.
     pub fn args(&self) -> Result<Vec<String>, serde_json::Error> {
         serde_json::from_str(&self.args)
+    }
+
+    /// The limits the job runs with.
+    pub fn limits(&self) -> Limits {
+        let positive = |value: Option<i64>| value.and_then(|value| u64::try_from(value).ok());
+        Limits {
+            memory_bytes: positive(self.memory_limit_bytes),
+            cpu: self.cpu_limit,
+            pids: positive(self.pids_limit),
+            timeout_ms: positive(self.timeout_ms),
+        }
     }
 
     /// The environment the request added; an error only for a row edited by hand.
