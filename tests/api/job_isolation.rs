@@ -23,7 +23,7 @@ fn is_root() -> bool {
 /// Whether the test may go on as root; prints why not.
 fn root_or_skip(test: &str) -> bool {
     if !is_root() {
-        println!("skipped: {test} needs root (to run jobs as another account)");
+        eprintln!("skipped: {test} needs root (to run jobs as another account)");
     }
     is_root()
 }
@@ -69,7 +69,7 @@ async fn contained(test: &str, flags: &[&str]) -> Option<TestApp> {
     let app = TestApp::spawn_with(flags).await;
     let jobs = isolation(&app).await;
     if jobs["containment"] != "cgroup" {
-        println!(
+        eprintln!(
             "skipped: {test} needs a cgroup per job: {}",
             jobs["noCgroups"]
         );
@@ -340,7 +340,7 @@ async fn setsid_and_double_forked_processes_end_with_their_job_in_a_cgroup_or_by
     // Without cgroups (`off`) the marker finds them; with (`auto`) the cgroup holds them.
     for (cgroups, base) in [("auto", 41_000), ("off", 42_000)] {
         if cgroups == "auto" && !is_root() {
-            println!("skipped: cgroup containment needs root");
+            eprintln!("skipped: cgroup containment needs root");
             continue;
         }
         let app = TestApp::spawn_with(&["--job-cgroups", cgroups, "--job-stop-grace", "1s"]).await;
@@ -388,7 +388,7 @@ async fn setsid_and_double_forked_processes_end_with_their_job_in_a_cgroup_or_by
 async fn what_a_job_left_running_is_killed_when_warden_restarts_after_kill_9() {
     for (cgroups, base) in [("auto", 43_000), ("off", 43_100)] {
         if cgroups == "auto" && !is_root() {
-            println!("skipped: cgroup containment needs root");
+            eprintln!("skipped: cgroup containment needs root");
             continue;
         }
         let dir = tempfile::tempdir().unwrap();
