@@ -123,7 +123,9 @@ impl Service for Jobs {
     tag = "jobs",
     summary = "Queue a job",
     description = "The program is run directly (never through a shell), once, by the next free \
-        worker, as the caller's job; `command` is looked up in `PATH` unless it holds a `/`.",
+        worker, as the caller's job; `command` is looked up in `PATH` unless it holds a `/`. \
+        Users take turns for the workers, and one user's jobs start in the order they were \
+        queued.",
     request_body = NewJob,
     responses(
         (

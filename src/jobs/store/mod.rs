@@ -240,15 +240,26 @@ pub async fn cursor_of(reads: &SqlitePool, id: &str) -> Result<Option<(i64, Stri
     Ok(row.map(|row| (row.seq, row.owner)))
 }
 
-/// Claims the oldest queued job for a worker: one guarded statement, so no job runs twice.
+/// Claims the next job for a worker: the oldest queued job of the owner whose turn it is
+/// (the lowest `(turn, owner)` in `job_turns`), so owners take turns and one owner's jobs run
+/// in submission order. One guarded statement, so no job runs twice; the
+/// `job_turns_count_a_job_leaving_the_queue` trigger moves the owner's turn past everyone's
+/// within it.
 async fn claim_next(
     conn: &mut SqliteConnection,
     now_ms: i64,
 ) -> Result<Option<JobRow>, sqlx::Error> {
+    // Whatever the queue holds, this reads one entry of each index and one row: the plan's
+    // "SCAN job_turns USING COVERING INDEX job_turns_next" stops at the first entry (LIMIT 1
+    // in index order), then a SEARCH of `jobs_queued_by_owner` (owner=?) takes that owner's
+    // first, then the row by its rowid.
     sqlx::query_as!(
         JobRow,
         r#"UPDATE jobs SET status = 'running', started_at_ms = ?1
-           WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1)
+           WHERE seq = (SELECT seq FROM jobs
+                        WHERE owner = (SELECT owner FROM job_turns ORDER BY turn, owner LIMIT 1)
+                          AND status = 'queued'
+                        ORDER BY seq LIMIT 1)
              AND status = 'queued'
            RETURNING seq AS "seq!", id, name, command, args, owner, status AS "status: JobStatus",
                      exit_code, signal, error, created_at_ms, started_at_ms, finished_at_ms,
