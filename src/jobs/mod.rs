@@ -98,7 +98,13 @@ impl Service for Jobs {
         Ok(Self {
             retention,
             runner,
-            queue: db.writer(QueueJobs, tasks, telemetry),
+            queue: db.writer(
+                QueueJobs {
+                    max_queued_per_user: settings.max_queued_per_user,
+                },
+                tasks,
+                telemetry,
+            ),
             db: db.clone(),
             keys,
             clock: clock.clone(),
@@ -116,7 +122,8 @@ impl Service for Jobs {
     }
 }
 
-/// `POST /jobs`: 201 with the queued job and its `Location`.
+/// `POST /jobs`: 201 with the queued job and its `Location`; 429 if the caller already has
+/// `--max-queued-per-user` jobs queued.
 #[utoipa::path(
     post,
     path = "/jobs",
@@ -125,7 +132,7 @@ impl Service for Jobs {
     description = "The program is run directly (never through a shell), once, by the next free \
         worker, as the caller's job; `command` is looked up in `PATH` unless it holds a `/`. \
         Users take turns for the workers, and one user's jobs start in the order they were \
-        queued.",
+        queued. A user may have at most `--max-queued-per-user` jobs queued at once.",
     request_body = NewJob,
     responses(
         (
@@ -141,6 +148,12 @@ impl Service for Jobs {
             ),
         ),
         (status = 400, description = "The body is not a job request, or breaks one of its limits", body = ErrorShape),
+        (
+            status = 429,
+            description = "The caller already has `--max-queued-per-user` jobs queued; nothing was queued",
+            body = ErrorShape,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again")),
+        ),
         AuthFaults,
         BodyFaults,
         ServerFaults,
@@ -178,7 +191,14 @@ async fn create_job(
             pids_limit: None,
             timeout_ms: None,
         })
-        .await?;
+        .await?
+        .map_err(|full| {
+            tracing::debug!(owner = %principal.user, queued = full.queued, "job refused: queue full");
+            Error::TooManyQueued {
+                queued: full.queued,
+                limit: full.limit,
+            }
+        })?;
     jobs.runner.wake();
     tracing::info!(job = %id, owner = %principal.user, "job queued");
     let location = HeaderValue::from_str(&format!("/jobs/{id}"))

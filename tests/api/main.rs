@@ -8,7 +8,7 @@
 //!   `call` (send, then status and JSON body), `eventually` (poll a probe; the only sleep)
 //!   and `read_until` (a streamed body up to some text);
 //! - `hashes`, `registry`, `jobs`: each service's HTTP contract;
-//! - `job_queue`: the job queue across users: their turns;
+//! - `job_queue`: the job queue across users: their turns and `--max-queued-per-user`;
 //! - `tls`: mutual TLS on the jobs listener;
 //! - `connections`: every listener's header, body and idle timeouts, its connection cap, the
 //!   drain's bound on clients that do not read, and how refused TLS connections are logged;
