@@ -12,9 +12,9 @@ ALTER TABLE jobs ADD COLUMN pids_limit INTEGER;
 ALTER TABLE jobs ADD COLUMN timeout_ms INTEGER;
 
 -- One row per owner with queued jobs: how many it has queued (for --max-queued-per-user) and
--- its turn, which moves past every other owner's each time one of its jobs starts. Workers
--- take the owner with the lowest turn next, so owners take turns (round-robin) while jobs of
--- one owner run in submission order. Kept by the triggers below, so no path that changes a
+-- its turn, which moves past every other owner's each time one of its jobs starts, and is
+-- the last one when the owner joins the queue. Workers take the owner with the lowest turn
+-- next, so owners take turns (round-robin) while jobs of one owner run in submission order. Kept by the triggers below, so no path that changes a
 -- job's status (the API, recovery, or a hand edit in `sqlite3`) can put it out of step; the
 -- row goes when its owner has nothing queued, so the table holds only waiting owners.
 CREATE TABLE job_turns (
@@ -31,10 +31,13 @@ CREATE INDEX jobs_queued_by_owner ON jobs (owner, seq) WHERE status = 'queued';
 -- (Each trigger deletes an owner's last count before it lowers a larger one, so that one
 -- change is never counted twice.)
 
--- An owner new to the queue has waited longest of all: its turn comes first.
+-- An owner joining the queue (new, or back with nothing queued since its last start) takes
+-- its turn after every owner already waiting has had one: coming back with one job at a
+-- time never jumps a queue.
 CREATE TRIGGER job_turns_count_a_queued_job AFTER INSERT ON jobs WHEN NEW.status = 'queued'
 BEGIN
-    INSERT INTO job_turns (owner, queued, turn) VALUES (NEW.owner, 1, 0)
+    INSERT INTO job_turns (owner, queued, turn)
+    VALUES (NEW.owner, 1, (SELECT coalesce(max(turn), 0) + 1 FROM job_turns))
     ON CONFLICT (owner) DO UPDATE SET queued = queued + 1;
 END;
 
@@ -53,7 +56,8 @@ END;
 CREATE TRIGGER job_turns_count_a_job_back_in_the_queue
 AFTER UPDATE OF status ON jobs WHEN OLD.status <> 'queued' AND NEW.status = 'queued'
 BEGIN
-    INSERT INTO job_turns (owner, queued, turn) VALUES (NEW.owner, 1, 0)
+    INSERT INTO job_turns (owner, queued, turn)
+    VALUES (NEW.owner, 1, (SELECT coalesce(max(turn), 0) + 1 FROM job_turns))
     ON CONFLICT (owner) DO UPDATE SET queued = queued + 1;
 END;
 

@@ -11,6 +11,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// How long a caller refused for a full queue is asked to wait. A place frees up when one of
+/// its jobs starts or is stopped, which no one can foresee (it depends on every job ahead),
+/// so this is a short constant: long enough that a client looping on 429 does not hammer the
+/// writer, short enough that it does not leave a free worker idle for long.
+pub const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// `Result` with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -41,6 +47,13 @@ pub enum Error {
     /// 415: the body's content type is not one the route reads.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 429: the caller already has as many jobs queued as one user may; answered with
+    /// `Retry-After` ([`QUEUE_FULL_RETRY_AFTER`]).
+    #[error(
+        "you have {queued} jobs queued and one user may have at most {limit} \
+         (--max-queued-per-user); try again once one has started or been stopped"
+    )]
+    TooManyQueued { queued: u64, limit: u64 },
     /// 503: warden is shutting down and takes no new work.
     #[error("warden is shutting down and accepts no new work")]
     Draining,
@@ -70,6 +83,7 @@ impl Error {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyQueued { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Storage(fault) => fault.status(),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,6 +94,7 @@ impl Error {
         match self {
             Self::NotFound { retry_after, .. } => *retry_after,
             Self::Storage(StorageFault::Busy) => Some(Duration::from_secs(1)),
+            Self::TooManyQueued { .. } => Some(QUEUE_FULL_RETRY_AFTER),
             _ => None,
         }
     }

@@ -86,7 +86,11 @@ impl Service for Jobs {
             telemetry,
         } = context;
         let keys = TokenKeys::load_or_create(db, clock.now_ms()).await?;
-        let (retention, purge_every) = (settings.retention, settings.purge_every);
+        let (retention, purge_every, max_queued_per_user) = (
+            settings.retention,
+            settings.purge_every,
+            settings.max_queued_per_user,
+        );
         let runner = Runner::start(db, tasks, shutdown, clock.clone(), settings, telemetry).await?;
         let retention = Retention::start(
             db.clone(),
@@ -100,7 +104,13 @@ impl Service for Jobs {
         Ok(Self {
             retention,
             runner,
-            queue: db.writer(QueueJobs, tasks, telemetry),
+            queue: db.writer(
+                QueueJobs {
+                    max_queued_per_user,
+                },
+                tasks,
+                telemetry,
+            ),
             db: db.clone(),
             keys,
             clock: clock.clone(),
@@ -118,14 +128,17 @@ impl Service for Jobs {
     }
 }
 
-/// `POST /jobs`: 201 with the queued job and its `Location`.
+/// `POST /jobs`: 201 with the queued job and its `Location`; 429 if the caller already has
+/// `--max-queued-per-user` jobs queued.
 #[utoipa::path(
     post,
     path = "/jobs",
     tag = "jobs",
     summary = "Queue a job",
     description = "The program is run directly (never through a shell), once, by the next free \
-        worker, as the caller's job; `command` is looked up in `PATH` unless it holds a `/`.",
+        worker, as the caller's job; `command` is looked up in `PATH` unless it holds a `/`. \
+        Users take turns for the workers, and one user's jobs start in the order they were \
+        queued. A user may have at most `--max-queued-per-user` jobs queued at once.",
     request_body = NewJob,
     responses(
         (
@@ -141,6 +154,12 @@ impl Service for Jobs {
             ),
         ),
         (status = 400, description = "The body is not a job request, or breaks one of its limits", body = ErrorShape),
+        (
+            status = 429,
+            description = "The caller already has `--max-queued-per-user` jobs queued; nothing was queued",
+            body = ErrorShape,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again")),
+        ),
         AuthFaults,
         BodyFaults,
         ServerFaults,
@@ -186,7 +205,14 @@ async fn create_job(
             pids_limit: limits.pids.map(saturating_i64),
             timeout_ms: limits.timeout_ms.map(saturating_i64),
         })
-        .await?;
+        .await?
+        .map_err(|full| {
+            tracing::debug!(owner = %principal.user, queued = full.queued, "job refused: queue full");
+            Error::TooManyQueued {
+                queued: full.queued,
+                limit: full.limit,
+            }
+        })?;
     jobs.runner.wake();
     tracing::info!(job = %id, owner = %principal.user, "job queued");
     let location = HeaderValue::from_str(&format!("/jobs/{id}"))

@@ -154,6 +154,8 @@ pub struct RunnerSettings {
     pub retention: Option<Duration>,
     /// How often deleted and expired jobs are removed.
     pub purge_every: Duration,
+    /// The most jobs one user may have queued at once; `POST /jobs` refuses more.
+    pub max_queued_per_user: u64,
 }
 
 impl Runner {

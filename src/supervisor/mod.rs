@@ -205,6 +205,7 @@ impl App {
                 max_db_bytes: max_db_size(&config, &db).await,
                 retention: config.job_retention.window(),
                 purge_every: config.purge_every,
+                max_queued_per_user: config.max_queued_per_user,
             };
             services.push(bind_service::<Jobs>(context, config.jobs_addr, settings, tls).await?);
         }

@@ -10,6 +10,7 @@
 //! - `hashes`, `registry`, `jobs`: each service's HTTP contract;
 //! - `job_isolation`: what a job can reach (its account, environment and working
 //!   directory), that every process it starts ends with it, and its limits;
+//! - `job_queue`: the job queue across users: their turns and `--max-queued-per-user`;
 //! - `tls`: mutual TLS on the jobs listener;
 //! - `connections`: every listener's header, body and idle timeouts, its connection cap, the
 //!   drain's bound on clients that do not read, and how refused TLS connections are logged;
@@ -32,6 +33,7 @@ mod faults;
 mod hashes;
 mod helpers;
 mod job_isolation;
+mod job_queue;
 mod job_retention;
 mod jobs;
 mod lifecycle;
