@@ -7,7 +7,7 @@
 //! is only ever signalled through its pidfd or its group while it is unreaped, so a
 //! recycled pid is never signalled; a job's processes never outlive [`JobProcess::finish`].
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -100,19 +100,18 @@ impl JobProcess {
             .env_clear()
             .envs(launch.env.iter().map(|(name, value)| (name, value)))
             .args(launch.args)
-            .current_dir(launch.cwd)
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some((uid, gid)) = launch.switch_to {
-            // Also drops every supplementary group, before the switch.
-            builder.uid(uid.as_raw()).gid(gid.as_raw());
-        }
-        if let Confinement::Cgroup(cgroup) = &launch.confinement {
-            join_before_exec(&mut builder, cgroup.procs_files().map_err(start_error)?);
-        }
+        let cgroup_procs = match &launch.confinement {
+            Confinement::Cgroup(cgroup) => cgroup.procs_files().map_err(start_error)?,
+            Confinement::Marked(_) => Vec::new(),
+        };
+        let cwd = CString::new(launch.cwd)
+            .map_err(|_| start_error(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        settle_before_exec(&mut builder, cgroup_procs, launch.switch_to, cwd);
         let mut child = {
             // Listed before it can exit, so that the subreaper's reaper never takes it.
             let mut leaders = markers::LEADERS
@@ -214,24 +213,36 @@ impl JobProcess {
     }
 }
 
-/// Makes the child move itself into each cgroup whose `cgroup.procs` is in `procs` (by
-/// writing `0`, which moves the writer) after the fork, before the exec: so the job's
-/// program, and all it ever starts, run in its cgroup from their first instruction. The
-/// child has switched account by then; the kernel (5.16 and later) checks the move against
-/// who opened the files, warden.
+/// Settles the child after the fork, before the exec, in this order: it moves itself into
+/// each cgroup whose `cgroup.procs` is in `procs` (writing `0` moves the writer), while it
+/// is still as privileged as warden; drops every supplementary group and switches to the
+/// job's account (`switch_to`); and enters `cwd` as that account. So the job's program,
+/// and all it ever starts, run in its cgroup and as its account from their first
+/// instruction, and a `cwd` the account cannot enter fails the start.
 #[expect(
     unsafe_code,
-    reason = "joining a cgroup between fork and exec needs pre_exec"
+    reason = "settling a child between fork and exec needs pre_exec"
 )]
-fn join_before_exec(builder: &mut Command, procs: Vec<File>) {
+fn settle_before_exec(
+    builder: &mut Command,
+    procs: Vec<File>,
+    switch_to: Option<(Uid, Gid)>,
+    cwd: CString,
+) {
     // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
-    // sound: it makes `write` system calls on files opened before the fork, allocating
-    // nothing and taking no lock.
+    // sound: it makes write, setgroups, setgid, setuid and chdir system calls on values
+    // made before the fork, allocating nothing and taking no lock.
     unsafe {
         builder.pre_exec(move || {
             for file in &procs {
                 nix::unistd::write(file, b"0")?;
             }
+            if let Some((uid, gid)) = switch_to {
+                nix::unistd::setgroups(&[])?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
+            }
+            nix::unistd::chdir(cwd.as_c_str())?;
             Ok(())
         });
     }

@@ -707,7 +707,7 @@ async fn settings_that_cannot_isolate_jobs_refuse_to_start_with_exit_code_2() {
     if is_root() {
         refused.push((vec!["--job-user", "root"], "is root"));
     } else {
-        refused.push((vec!["--job-user", "nobody"], "only root can"));
+        refused.push((vec!["--job-user", "nobody"], "only root"));
     }
     for (flags, named) in refused {
         let mut args = vec!["serve".to_owned()];

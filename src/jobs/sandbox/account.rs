@@ -18,7 +18,7 @@ pub struct Account {
     /// Its home directory, the job's `HOME`.
     pub home: PathBuf,
     /// The account is not warden's own: warden switches to it for each job (it must then be
-    /// root).
+    /// root, or hold CAP_SETUID and CAP_SETGID).
     pub separate: bool,
 }
 
@@ -50,10 +50,11 @@ impl Account {
                  unprivileged account"
             ));
         }
-        if user.uid != me && !me.is_root() {
+        if user.uid != me && !me.is_root() && !may_switch_accounts() {
             return Err(format!(
-                "--job-user {name:?} is not warden's own account (uid {me}), and only root can \
-                 run a job as another account: run warden as root, or leave --job-user unset"
+                "--job-user {name:?} is not warden's own account (uid {me}), and only root (or \
+                 a process with CAP_SETUID and CAP_SETGID) can run a job as another account: \
+                 run warden as root, give it those capabilities, or leave --job-user unset"
             ));
         }
         Ok(Self {
@@ -111,4 +112,21 @@ impl Account {
         )?;
         Ok(true)
     }
+}
+
+/// Whether warden holds CAP_SETUID and CAP_SETGID (as systemd's `AmbientCapabilities=`
+/// gives them), so that it may switch a job to another account without being root.
+fn may_switch_accounts() -> bool {
+    const CAP_SETGID: u32 = 6;
+    const CAP_SETUID: u32 = 7;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|bits| u64::from_str_radix(bits.trim(), 16).ok())
+        .is_some_and(|effective| {
+            effective & (1 << CAP_SETUID) != 0 && effective & (1 << CAP_SETGID) != 0
+        })
 }
