@@ -42,7 +42,13 @@
 //!   page at a time (`listing.rs`); a job's request, status, ending and API
 //!   record (`job.rs`); SQL of jobs (`store/mod.rs`), of their output (`store/output.rs`)
 //!   and of deleting them (`store/deletion.rs`); workers, claims and recovery (`runner.rs`);
-//!   spawning, signalling and finding processes (`process.rs`); the output pump, the
+//!   spawning a job's process into its confinement, signalling it by pidfd or unreaped
+//!   group, and killing all of it (`process.rs`); how jobs are kept apart from warden and
+//!   each other (`sandbox/`): set up at start (`sandbox/mod.rs`), the job account and the
+//!   closed data dir (`sandbox/account.rs`), a cgroup per job with its limits
+//!   (`sandbox/cgroups.rs`), containment by marker and subreaper without one
+//!   (`sandbox/markers.rs`), the limits and what a request may ask (`sandbox/limits.rs`),
+//!   and its `env` and `cwd` (`sandbox/request.rs`); the output pump, the
 //!   followers' window and the output reader (`output.rs`); deleting jobs past
 //!   `--job-retention` or by `DELETE` (`retention.rs`); the jobs-by-status gauges
 //!   (`gauges.rs`); the CLI's client (`client.rs`).
@@ -56,8 +62,9 @@
 //!   scrape-time gauges from its own folder (`registry/gauges.rs`, `jobs/gauges.rs`,
 //!   `db/sizes.rs`).
 //!
-//! Dependencies point one way: `supervisor` → services → `db`/`error`/`http`/`clock`/
-//! `security`/`service`/`openapi`/`telemetry`. Services never import each other.
+//! Dependencies point one way: `supervisor` (and `admin`, which it builds) → services →
+//! `db`/`error`/`http`/`clock`/`security`/`service`/`openapi`/`telemetry`. Services never
+//! import each other.
 
 pub mod admin;
 pub mod cli;

@@ -18,7 +18,7 @@ pub struct Account {
     /// Its home directory, the job's `HOME`.
     pub home: PathBuf,
     /// The account is not warden's own: warden switches to it for each job (it must then be
-    /// root, or hold CAP_SETUID and CAP_SETGID).
+    /// root).
     pub separate: bool,
 }
 
@@ -50,11 +50,13 @@ impl Account {
                  unprivileged account"
             ));
         }
-        if user.uid != me && !me.is_root() && !may_switch_accounts() {
+        // Only root: a switch from root to another account clears every capability, the
+        // ambient ones too, where one made with CAP_SETUID by another account would hand the
+        // job warden's ambient capabilities.
+        if user.uid != me && !me.is_root() {
             return Err(format!(
-                "--job-user {name:?} is not warden's own account (uid {me}), and only root (or \
-                 a process with CAP_SETUID and CAP_SETGID) can run a job as another account: \
-                 run warden as root, give it those capabilities, or leave --job-user unset"
+                "--job-user {name:?} is not warden's own account (uid {me}), and only root can \
+                 run a job as another account: run warden as root, or leave --job-user unset"
             ));
         }
         Ok(Self {
@@ -114,19 +116,3 @@ impl Account {
     }
 }
 
-/// Whether warden holds CAP_SETUID and CAP_SETGID (as systemd's `AmbientCapabilities=`
-/// gives them), so that it may switch a job to another account without being root.
-fn may_switch_accounts() -> bool {
-    const CAP_SETGID: u32 = 6;
-    const CAP_SETUID: u32 = 7;
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|bits| u64::from_str_radix(bits.trim(), 16).ok())
-        .is_some_and(|effective| {
-            effective & (1 << CAP_SETUID) != 0 && effective & (1 << CAP_SETGID) != 0
-        })
-}
