@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::client::ClientError;
 use crate::hashes::client::HashesClient;
 use crate::jobs::client::JobsClient;
+use crate::jobs::sandbox::Limits;
 use crate::security::pki::DevPki;
 use crate::security::tls::client_config;
 
@@ -41,11 +42,21 @@ pub struct JobsArgs {
 
 #[derive(Debug, Subcommand)]
 enum JobsAction {
-    /// Queue a job: `warden jobs start [--name N] -- CMD ARGS…`; prints it.
+    /// Queue a job: `warden jobs start [--name N] [--env K=V]… [--cwd DIR] [limits] -- CMD
+    /// ARGS…`; prints it.
     Start {
         /// A name to recognise the job by.
         #[arg(long)]
         name: Option<String>,
+        /// A variable for the job's environment, `NAME=VALUE` (repeat for more).
+        #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_variable)]
+        env: Vec<(String, String)>,
+        /// The job's working directory on the server [default: `/`].
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Lower limits than the server's for this job.
+        #[command(flatten)]
+        limits: LimitArgs,
         /// The program and its arguments, run directly (never through a shell).
         #[arg(last = true, required = true, num_args = 1..)]
         command: Vec<String>,
@@ -66,6 +77,30 @@ enum JobsAction {
         #[arg(short, long)]
         follow: bool,
     },
+}
+
+/// `--memory`, `--cpu`, `--pids`, `--timeout` of `jobs start`.
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// The job's memory limit (e.g. `256MiB`).
+    #[arg(long, value_parser = crate::config::parse_size)]
+    memory: Option<u64>,
+    /// The share of one core the job may use (e.g. `0.5`).
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// How many processes and threads the job may have at once.
+    #[arg(long)]
+    pids: Option<u64>,
+    /// How long the job may run (e.g. `10m`).
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    timeout: Option<std::time::Duration>,
+}
+
+/// `NAME=VALUE`.
+fn parse_variable(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .ok_or_else(|| "expected NAME=VALUE".to_owned())
 }
 
 /// Exit code and one line on stderr for a client command's outcome.
@@ -94,12 +129,38 @@ pub async fn jobs(args: JobsArgs) -> Result<(), ClientError> {
     let client = JobsClient::new(&args.url, args.token, tls)?;
     let mut stdout = std::io::stdout().lock();
     match args.action {
-        JobsAction::Start { name, command } => {
+        JobsAction::Start {
+            name,
+            env,
+            cwd,
+            limits,
+            command,
+        } => {
             // clap requires at least one word after `--`.
             let (program, rest) = command
                 .split_first()
                 .map_or(("", &[][..]), |(program, rest)| (program.as_str(), rest));
-            let job = client.start(name.as_deref(), program, rest).await?;
+            let mut body = serde_json::json!({ "command": program, "args": rest });
+            if let Some(name) = name {
+                body["name"] = name.into();
+            }
+            if !env.is_empty() {
+                body["env"] = env
+                    .into_iter()
+                    .map(|(name, value)| (name, Value::from(value)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
+            if let Some(cwd) = cwd {
+                body["cwd"] = cwd.into();
+            }
+            let limits =
+                Limits::of_settings(limits.memory, limits.cpu, limits.pids, limits.timeout);
+            if limits != Limits::default() {
+                body["limits"] = serde_json::to_value(limits)
+                    .map_err(|error| ClientError::Io(std::io::Error::other(error)))?;
+            }
+            let job = client.start(&body).await?;
             print_json(&mut stdout, &job)
         }
         JobsAction::List { status } => {

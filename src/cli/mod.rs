@@ -52,7 +52,7 @@ enum Command {
         action: PkiAction,
     },
     /// Start, list, inspect, stop and follow jobs on a warden server.
-    Jobs(JobsArgs),
+    Jobs(Box<JobsArgs>),
     /// Hash a password with the hash service; prints its id (reads stdin without PASSWORD).
     Hash {
         /// The password; omit it to read one line from stdin (keeps it out of `ps`).
@@ -166,7 +166,7 @@ pub fn main() -> ExitCode {
                     data_dir,
                 },
         } => issue_client(&name, admin, days, &data_dir),
-        Command::Jobs(args) => finish(runtime.block_on(clients::jobs(args))),
+        Command::Jobs(args) => finish(runtime.block_on(clients::jobs(*args))),
         Command::Hash { password, url } => finish(runtime.block_on(clients::hash(password, &url))),
         Command::Stats { url } => finish(runtime.block_on(clients::stats(&url))),
         Command::Openapi { listener } => print_openapi(listener),

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::client::{ClientError, successful};
 
@@ -38,18 +38,9 @@ impl JobsClient {
         })
     }
 
-    /// `POST /jobs`.
-    pub async fn start(
-        &self,
-        name: Option<&str>,
-        command: &str,
-        args: &[String],
-    ) -> Result<Value, ClientError> {
-        let mut body = json!({ "command": command, "args": args });
-        if let Some(name) = name {
-            body["name"] = json!(name);
-        }
-        let request = self.http.post(self.url("/jobs")).json(&body);
+    /// `POST /jobs` with `job`, a job request as the API takes it.
+    pub async fn start(&self, job: &Value) -> Result<Value, ClientError> {
+        let request = self.http.post(self.url("/jobs")).json(job);
         json_of(self.send(request).await?).await
     }
 

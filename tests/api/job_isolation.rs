@@ -719,3 +719,55 @@ async fn settings_that_cannot_isolate_jobs_refuse_to_start_with_exit_code_2() {
         assert!(stderr.contains(named), "{flags:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn the_cli_queues_a_job_with_env_cwd_and_limits() {
+    let app = TestApp::spawn().await;
+    let token = app.token("alice", Role::User).await;
+    let cwd = app.work.path().display().to_string();
+    let env = [
+        ("WARDEN_URL", app.jobs.as_str()),
+        ("WARDEN_TOKEN", token.as_str()),
+    ];
+    let (code, printed, stderr) = run_cli(
+        &[
+            "jobs",
+            "start",
+            "--env",
+            "GREETING=hi there",
+            "--cwd",
+            &cwd,
+            "--timeout",
+            "5s",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; pwd",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let job: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(job["env"], json!({"GREETING": "hi there"}));
+    assert_eq!(job["cwd"], cwd);
+    assert_eq!(job["limits"]["timeoutMs"], 5000);
+    let alice = User::new(&app, "alice", Role::User).await;
+    let output = alice.wait(job["id"].as_str().unwrap()).await;
+    assert_eq!(
+        String::from_utf8(output).unwrap(),
+        format!("hi there\n{cwd}\n")
+    );
+    // A refused variable is the server's 400, one line and exit code 1.
+    let (code, _, stderr) = run_cli(
+        &["jobs", "start", "--env", "LD_PRELOAD=x.so", "--", "true"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("400") && stderr.contains("LD_PRELOAD"),
+        "{stderr}"
+    );
+    app.stop().await;
+}
