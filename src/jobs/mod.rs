@@ -138,7 +138,10 @@ impl Service for Jobs {
     description = "The program is run directly (never through a shell), once, by the next free \
         worker, as the caller's job; `command` is looked up in `PATH` unless it holds a `/`. \
         Users take turns for the workers, and one user's jobs start in the order they were \
-        queued. A user may have at most `--max-queued-per-user` jobs queued at once.",
+        queued. A user may have at most `--max-queued-per-user` jobs queued at once. The job \
+        runs as warden's job account, with an environment of `PATH`, `HOME`, `LANG` and \
+        `env`, in `cwd` (default `/`), within `limits` (each one the server's unless the \
+        request asks for less), and everything it starts ends with it.",
     request_body = NewJob,
     responses(
         (

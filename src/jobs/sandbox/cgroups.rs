@@ -156,6 +156,15 @@ impl Cgroups {
             leftover.wait_empty().await;
             leftover.remove().await;
         }
+        // A v1 directory that was still busy when its job's cgroup was removed is left
+        // without its v2 one.
+        for controller in Controller::ALL {
+            if let Some(Place::V1(parent)) = self.place(controller) {
+                for dir in job_dirs(parent) {
+                    let _ = fs::remove_dir(dir);
+                }
+            }
+        }
         killed
     }
 
