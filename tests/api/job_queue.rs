@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use warden::security::principal::Role;
 
-use crate::helpers::{TestApp, eventually};
+use crate::helpers::{self, TestApp, eventually};
 use crate::jobs::User;
 
 /// A directory every account may use, with a log of the jobs that ran and gates that hold
@@ -29,8 +29,7 @@ struct Workspace {
 
 impl Workspace {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = helpers::job_area();
         let log = dir.path().join("started");
         std::fs::write(&log, b"").unwrap();
         std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -166,6 +165,33 @@ async fn one_users_long_queue_does_not_keep_another_users_job_waiting() {
         .collect();
     let submitted: Vec<String> = (0..50).map(|n| format!("bob-{n}")).collect();
     assert_eq!(bob_order, submitted, "bob's jobs ran in submission order");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_back_with_one_job_at_a_time_waits_for_its_turn() {
+    let app = TestApp::spawn_with(&["--job-workers", "1"]).await;
+    let workspace = Workspace::new();
+    let alice = User::new(&app, "alice", Role::User).await;
+    let bob = User::new(&app, "bob", Role::User).await;
+    let carol = User::new(&app, "carol", Role::User).await;
+    let held = queue(&carol, &workspace, "held", Some("go")).await;
+    wait_running(&carol, &held).await;
+    let mut bobs = Vec::new();
+    for name in ["b1", "b2", "b3"] {
+        bobs.push(queue(&bob, &workspace, name, None).await);
+    }
+    let first = queue(&alice, &workspace, "a1", Some("a1-done")).await;
+    workspace.open("go");
+    wait_running(&alice, &first).await;
+    // alice has nothing queued now; her next job joins the queue behind bob's turn.
+    let second = queue(&alice, &workspace, "a2", None).await;
+    workspace.open("a1-done");
+    alice.wait(&second).await;
+    for id in &bobs {
+        bob.wait(id).await;
+    }
+    assert_eq!(workspace.started(), ["held", "b1", "a1", "b2", "a2", "b3"]);
     app.stop().await;
 }
 
