@@ -1,6 +1,6 @@
 //! A job's process: spawned directly (never through a shell) into its confinement (its
-//! cgroup, or its marker) as the leader of a session and process group of its own, as the
-//! job's account, in its working directory; signalled, killed whole, reaped, and recognised
+//! cgroup, or its marker) as the leader of a process group of its own, as the job's
+//! account, in its working directory; signalled, killed whole, reaped, and recognised
 //! again after a crash of warden through `/proc`.
 //!
 //! Invariants: the leader is reaped only after everything else of the job is killed, and it
@@ -85,10 +85,8 @@ pub struct Finished {
 }
 
 impl JobProcess {
-    /// Starts `launch` with stdin from `/dev/null` and stdout and stderr piped. After the fork
-    /// and before the exec, the child joins its cgroup (while it is still privileged), starts
-    /// a session of its own, drops every group, switches account, and enters its working
-    /// directory as that account.
+    /// Starts `launch` with stdin from `/dev/null` and stdout and stderr piped, leading a
+    /// process group of its own, settled by [`settle_before_exec`].
     pub fn spawn(launch: Launch<'_>) -> Result<Spawned, SpawnError> {
         let start_error = |source: io::Error| SpawnError::Start {
             command: launch.command.to_owned(),
@@ -153,7 +151,7 @@ impl JobProcess {
         })
     }
 
-    /// The leader's pid, which is also its group's and its session's id.
+    /// The leader's pid, which is also its group's id.
     pub fn pid(&self) -> i32 {
         self.pid
     }
