@@ -100,7 +100,7 @@ pub struct Config {
 
     /// Processes and threads a job may have at once, and the most a request may ask for
     /// [default: no limit].
-    #[arg(long, env = "WARDEN_JOB_PIDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "WARDEN_JOB_PIDS", value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
     pub job_pids: Option<u64>,
 
     /// How long a job may run before it is killed, and the longest a request may ask for

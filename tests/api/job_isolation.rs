@@ -258,6 +258,8 @@ async fn a_refused_env_cwd_or_limit_is_a_400_and_queues_nothing() {
         json!({"limits": {"timeoutMs": 0}}),
         json!({"limits": {"timeoutMs": -5}}),
         json!({"limits": {"pids": 0}}),
+        json!({"limits": {"pids": 4_194_305}}),
+        json!({"limits": {"memoryBytes": u64::MAX}}),
         json!({"limits": {"cpu": 0}}),
         json!({"limits": {"cpu": 2000}}),
         json!({"limits": {"memory": 1000}}),

@@ -26,6 +26,11 @@ pub struct Limits {
     pub timeout_ms: Option<u64>,
 }
 
+/// The most processes a Linux system can have (`PID_MAX_LIMIT` on 64-bit kernels).
+pub const MAX_PIDS: u64 = 1 << 22;
+/// The most bytes or milliseconds a limit may name: what SQLite's integers hold.
+const MAX_BYTES: u64 = i64::MAX as u64;
+
 /// Which limits this host can enforce: the timeout always; the others where warden has the
 /// cgroup controller for them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,6 +90,18 @@ impl Limits {
         }
         if asked.cpu.is_some_and(|cpu| cpu > 1024.0) {
             return bad("`limits.cpu` must be at most 1024 cores".to_owned());
+        }
+        if asked.pids.is_some_and(|pids| pids > MAX_PIDS) {
+            return bad(format!(
+                "`limits.pids` must be at most {MAX_PIDS}, the kernel's most"
+            ));
+        }
+        if asked.memory_bytes.is_some_and(|bytes| bytes > MAX_BYTES)
+            || asked.timeout_ms.is_some_and(|ms| ms > MAX_BYTES)
+        {
+            return bad(format!(
+                "`limits.memoryBytes` and `limits.timeoutMs` must be at most {MAX_BYTES}"
+            ));
         }
         Ok(Self {
             memory_bytes: within("memoryBytes", asked.memory_bytes, self.memory_bytes)?,
