@@ -1,12 +1,17 @@
 """warden job runner benchmark (standard library only); bench/run.sh calls it.
 
   python3 bench/jobs_bench.py URL TOKEN WORKERS WARDEN_PID
+  python3 bench/jobs_bench.py --rate URL TOKEN WORKERS    # (a) alone; bench/jobs_containment.sh
 
 (a) 1 000 jobs of `true` through the API, first submit to last finished, against the same
     1 000 `/bin/true` runs by `xargs -P WORKERS` (the raw spawn rate);
 (b) one job writing 1 GiB (`head -c 1073741824 /dev/zero`) with 4 followers (curl) attached:
     MB/s captured (job start to job end) and followed (to each follower's end), and warden's
     RSS growth while they run.
+
+With --rate, only (a) runs, and its last line is for a script to read: `API RAW SUCCEEDED`,
+the two rates in jobs/s and how many of the 1 000 jobs succeeded (a job that cannot start
+ends fast, so a rate counts only when all did).
 """
 
 import http.client
@@ -17,7 +22,12 @@ import threading
 import time
 import urllib.parse
 
-URL, TOKEN, WORKERS, WARDEN_PID = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+RATE_ONLY = sys.argv[1:2] == ["--rate"]
+ARGS = sys.argv[2:] if RATE_ONLY else sys.argv[1:]
+if len(ARGS) != (3 if RATE_ONLY else 4):
+    raise SystemExit(__doc__)
+URL, TOKEN, WORKERS = ARGS[0], ARGS[1], int(ARGS[2])
+WARDEN_PID = None if RATE_ONLY else int(ARGS[3])
 HOST = urllib.parse.urlparse(URL).netloc
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 JOBS = 1000
@@ -68,6 +78,10 @@ while unfinished(poll):
 api = JOBS / (time.perf_counter() - started)
 print(f"jobs of `true`: {api:8.0f} jobs/s through the API vs {raw:8.0f}/s by xargs -P {WORKERS}: "
       f"{api / raw:.2f}x")
+if RATE_ONLY:
+    succeeded = len(call(poll, "GET", f"/jobs?status=succeeded&limit={JOBS}"))
+    print(f"{api:.1f} {raw:.1f} {succeeded}")
+    raise SystemExit(0)
 
 # (b) 1 GiB of output, 4 followers
 rss_before = rss_kb()

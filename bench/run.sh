@@ -11,18 +11,24 @@
 # data dirs seeded with sqlite3: GET / over 100 000 live instances in 1 000 groups, and
 # heartbeats while the purge deletes 100 000 expired rows (their worst latency).
 # Then the job runner (bench/jobs_bench.py): 1 000 `true` jobs through the API against
-# `xargs -P`, and one job writing 1 GiB with 4 followers (MB/s, warden's RSS growth). Last,
+# `xargs -P`, and one job writing 1 GiB with 4 followers (MB/s, warden's RSS growth). Then
 # the cost of security (bench/mtls_load.rs): GET /jobs on keep-alive connections over mutual
-# TLS against plain HTTP, and new mutual-TLS connections per second. Last, the cost of
+# TLS against plain HTTP, and new mutual-TLS connections per second. Then the cost of
 # metrics and request ids (issue 14): POST /hash and heartbeats, interleaved rounds
 # (bench/ab.sh) of this build against BASELINE, a release build of the commit before them,
 # and the instructions each spends per request (bench/instructions.sh, under callgrind;
-# BASELINE=none skips both; the baseline's build is kept in target/baseline/).
+# BASELINE=none skips both; the baseline's build is kept in target/baseline/). Last, the cost
+# of containing jobs (issue 13, bench/jobs_containment.sh): 1 000 `true` jobs against the raw
+# spawn rate, interleaved rounds of JOBS_BEFORE (default c69bcb2, main before jobs were
+# contained; its build is kept in target/baseline-jobs/), this build with a cgroup per job and
+# every limit on, and this build with --job-cgroups off (JOBS_BEFORE=none skips it;
+# CONTAINMENT_ROUNDS, default 3, sets its rounds).
 # Targets: POST /hash >= 0.5x no-op, p99 <= 5 ms, peak RSS <= 64 MB (issue 3);
 # heartbeats >= 0.4x no-op, p99 <= 5 ms; GET / <= 20 ms; no heartbeat blocked > 50 ms by the
 # purge (issue 4); jobs >= 0.3x the raw spawn rate; output >= 150 MB/s with all 4 followers
 # keeping up; follower RSS growth <= 32 MB (issue 5); keep-alive mTLS >= 0.8x plain (issue 6);
-# metrics and request ids cost <= 5 % of POST /hash and heartbeats (issue 14).
+# metrics and request ids cost <= 5 % of POST /hash and heartbeats (issue 14); containment
+# costs <= 20 % of the jobs rate (issue 13).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -163,4 +169,12 @@ if [ "$baseline" != none ]; then
   PORT_BASE=28000 ROUNDS=${AB_ROUNDS:-5} bash bench/ab.sh "$work/warden-$baseline" target/release/warden
   # The same comparison in instructions per request, which the machine's noise cannot move.
   bash bench/instructions.sh "$work/warden-$baseline" target/release/warden
+fi
+
+# c69bcb2: main just before jobs were contained (issue 13).
+jobs_before=${JOBS_BEFORE:-c69bcb2}
+if [ "$jobs_before" != none ]; then
+  echo
+  kill "${pids[@]}" 2>/dev/null || true
+  BEFORE=$jobs_before PORT_BASE=24000 ROUNDS=${CONTAINMENT_ROUNDS:-3} bash bench/jobs_containment.sh
 fi
