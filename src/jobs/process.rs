@@ -115,7 +115,16 @@ impl JobProcess {
             let mut leaders = markers::LEADERS
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let child = builder.spawn().map_err(start_error)?;
+            let child = match builder.spawn() {
+                Ok(child) => child,
+                Err(error) => {
+                    // Nothing of the job runs (a child whose exec failed is reaped already).
+                    if let Confinement::Cgroup(cgroup) = &launch.confinement {
+                        cgroup.discard();
+                    }
+                    return Err(start_error(error));
+                }
+            };
             if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
                 leaders.push(pid);
             }

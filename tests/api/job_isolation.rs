@@ -684,6 +684,40 @@ async fn healthz_says_who_jobs_run_as_and_what_contains_them() {
         for limit in ["memory", "cpu", "pids"] {
             assert_ne!(jobs["limits"][limit], "unavailable", "{jobs}");
         }
+        // A job's cgroup is there while it runs and gone once it ends, however it ended.
+        let dir = std::path::PathBuf::from(jobs["cgroupDir"].as_str().unwrap());
+        let job_cgroups = || {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with("job-"))
+                .count()
+        };
+        let alice = User::new(&app, "alice", Role::User).await;
+        let id = alice
+            .start("sh", &["-c", "echo up; exec sleep 47001"])
+            .await;
+        let mut output = app
+            .client
+            .get(format!("{}/jobs/{id}/output?follow=true", app.jobs))
+            .bearer_auth(&alice.token)
+            .send()
+            .await
+            .unwrap();
+        helpers::read_until(&mut output, "up").await;
+        assert_eq!(job_cgroups(), 1);
+        let (status, _) = alice
+            .call(Method::POST, &format!("/jobs/{id}/stop"), None)
+            .await;
+        assert_eq!(status, 200);
+        let missing = alice.start("no-such-program-anywhere", &[]).await;
+        alice.wait(&missing).await;
+        assert_eq!(alice.job(&missing).await["status"], "failed");
+        assert_eq!(
+            job_cgroups(),
+            0,
+            "a job that could not start left its cgroup"
+        );
         app.stop().await;
     }
 }

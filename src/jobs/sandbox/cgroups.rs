@@ -118,6 +118,11 @@ impl Cgroups {
         }
     }
 
+    /// The v2 directory of this warden's job cgroups.
+    pub fn parent(&self) -> &Path {
+        &self.parent
+    }
+
     /// What each limit is enforced with.
     pub fn report(&self) -> ControllerReport {
         let name = |place: &Option<Place>| match place {
@@ -273,8 +278,8 @@ impl JobCgroup {
         Ok(())
     }
 
-    /// Removes what [`Cgroups::create`] made of a cgroup no process has joined.
-    fn discard(&self) {
+    /// Removes what [`Cgroups::create`] made of a cgroup no process is in.
+    pub fn discard(&self) {
         for dir in self
             .v1
             .iter()

@@ -76,6 +76,9 @@ pub struct SandboxReport {
     /// `cgroup`: every process of a job is in its cgroup and killed with it; `marker`: found
     /// by a marker in its environment (a process that drops it escapes).
     pub containment: &'static str,
+    /// Where the jobs' cgroups are (`job-<seq>` each), when they have them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_dir: Option<String>,
     /// Why there is no cgroup per job, when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_cgroups: Option<String>,
@@ -201,6 +204,10 @@ impl Sandbox {
                 "marker"
             },
             no_cgroups: self.no_cgroups.clone(),
+            cgroup_dir: self
+                .cgroups
+                .as_ref()
+                .map(|cgroups| cgroups.parent().display().to_string()),
             limits: self.cgroups.as_ref().map_or(
                 ControllerReport {
                     memory: "unavailable",
