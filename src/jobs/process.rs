@@ -143,7 +143,12 @@ impl JobProcess {
         let pidfd = match pidfd {
             Ok(pidfd) => pidfd,
             Err(error) => {
+                // Untracked, it must not run: the runtime reaps it once killed.
                 let _ = child.start_kill();
+                forget_leader(pid);
+                if let Confinement::Cgroup(cgroup) = &launch.confinement {
+                    cgroup.kill();
+                }
                 return Err(error);
             }
         };
@@ -199,10 +204,7 @@ impl JobProcess {
         self.kill_all();
         let status = self.child.wait().await;
         self.finished = true;
-        markers::LEADERS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|pid| *pid != self.pid);
+        forget_leader(self.pid);
         let hits = match &self.confinement {
             Confinement::Cgroup(cgroup) => {
                 cgroup.wait_empty().await;
@@ -218,6 +220,14 @@ impl JobProcess {
         };
         Finished { status, hits }
     }
+}
+
+/// Takes `pid` off the leaders the subreaper's reaper leaves alone, once it is reaped.
+fn forget_leader(pid: i32) {
+    markers::LEADERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|leader| *leader != pid);
 }
 
 /// Settles the child after the fork, before the exec, in this order: it moves itself into
