@@ -198,9 +198,11 @@ impl Cgroups {
         }
         made.map(|()| cgroup)
     }
+}
 
-    /// Removes this warden's (empty) directories of job cgroups, at shutdown.
-    pub fn remove_parents(&self) {
+impl Drop for Cgroups {
+    /// Removes this warden's (empty) directories of job cgroups, once it is done with them.
+    fn drop(&mut self) {
         let _ = fs::remove_dir(&self.parent);
         for controller in Controller::ALL {
             if let Some(Place::V1(parent)) = self.place(controller) {

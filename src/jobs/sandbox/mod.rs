@@ -288,14 +288,6 @@ impl Sandbox {
     }
 }
 
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if let Some(cgroups) = &self.cgroups {
-            cgroups.remove_parents();
-        }
-    }
-}
-
 /// Set by `warden serve` (never by the tests' in-process wardens, whose process other
 /// children share): without cgroups, warden becomes a subreaper, so that a job's orphans
 /// come back to it, and reaps the ones that exit.
