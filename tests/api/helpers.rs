@@ -427,3 +427,24 @@ impl WardenProcess {
             .code()
     }
 }
+
+/// `warden token issue` for `user` with `role` on `data_dir`.
+pub async fn issue_token(data_dir: &std::path::Path, user: &str, role: &str) -> String {
+    let dir = data_dir.display().to_string();
+    let (code, token, stderr) = run_cli(
+        &[
+            "token",
+            "issue",
+            "--user",
+            user,
+            "--role",
+            role,
+            "--data-dir",
+            &dir,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    token.trim().to_owned()
+}

@@ -13,7 +13,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use warden::security::principal::Role;
 
-use crate::helpers::{self, TestApp, WardenProcess, call, eventually, process_is_gone, run_cli};
+use crate::helpers::{
+    self, TestApp, WardenProcess, call, eventually, issue_token, process_is_gone, run_cli,
+};
 use crate::jobs::User;
 
 fn is_root() -> bool {
@@ -79,6 +81,18 @@ async fn contained(test: &str, flags: &[&str]) -> Option<TestApp> {
     Some(app)
 }
 
+/// Follows job `id` of `user` until its output holds `wanted`; returns what was read.
+async fn output_until(app: &TestApp, user: &User, id: &str, wanted: &str) -> String {
+    let mut output = app
+        .client
+        .get(format!("{}/jobs/{id}/output?follow=true", app.jobs))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    helpers::read_until(&mut output, wanted).await
+}
+
 /// Queues `body` as `user`; returns the job id.
 async fn queue(user: &User, body: Value) -> String {
     let (status, job) = user.call(Method::POST, "/jobs", Some(body)).await;
@@ -95,21 +109,7 @@ async fn a_job_cannot_read_the_database_the_keys_or_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let warden = WardenProcess::start(dir.path(), &[]).await;
     let data = dir.path().display().to_string();
-    let (code, token, _) = run_cli(
-        &[
-            "token",
-            "issue",
-            "--user",
-            "alice",
-            "--role",
-            "user",
-            "--data-dir",
-            &data,
-        ],
-        &[],
-    )
-    .await;
-    assert_eq!(code, Some(0));
+    let token = issue_token(dir.path(), "alice", "user").await;
     // The dev PKI, with a user's key beside the CA's.
     let (code, _, stderr) =
         run_cli(&["pki", "issue-client", "bob", "--data-dir", &data], &[]).await;
@@ -135,7 +135,7 @@ async fn a_job_cannot_read_the_database_the_keys_or_the_logs() {
     let (status, job) = call(
         client
             .post(format!("{}/jobs", warden.jobs))
-            .bearer_auth(token.trim())
+            .bearer_auth(&token)
             .json(&json!({"command": "sh", "args": args})),
     )
     .await;
@@ -143,7 +143,7 @@ async fn a_job_cannot_read_the_database_the_keys_or_the_logs() {
     let id = job["id"].as_str().unwrap();
     let output = client
         .get(format!("{}/jobs/{id}/output?follow=true", warden.jobs))
-        .bearer_auth(token.trim())
+        .bearer_auth(&token)
         .send()
         .await
         .unwrap()
@@ -164,7 +164,7 @@ async fn a_job_cannot_read_the_database_the_keys_or_the_logs() {
     let (_, job) = call(
         client
             .get(format!("{}/jobs/{id}", warden.jobs))
-            .bearer_auth(token.trim()),
+            .bearer_auth(&token),
     )
     .await;
     assert_eq!(job["status"], "failed");
@@ -317,14 +317,7 @@ async fn job_with_escapees(app: &TestApp, alice: &User, base: u32, last: &str) -
         base + 1
     );
     let id = alice.start("sh", &["-c", &script]).await;
-    let mut output = app
-        .client
-        .get(format!("{}/jobs/{id}/output?follow=true", app.jobs))
-        .bearer_auth(&alice.token)
-        .send()
-        .await
-        .unwrap();
-    helpers::read_until(&mut output, "started").await;
+    output_until(app, alice, &id, "started").await;
     let (first, second) = (base.to_string(), (base + 1).to_string());
     assert!(
         !processes_running(&["sleep", &first]).is_empty(),
@@ -396,22 +389,7 @@ async fn what_a_job_left_running_is_killed_when_warden_restarts_after_kill_9() {
         let dir = tempfile::tempdir().unwrap();
         let flags = ["--job-cgroups", cgroups];
         let mut warden = WardenProcess::start(dir.path(), &flags).await;
-        let data = dir.path().display().to_string();
-        let (_, token, _) = run_cli(
-            &[
-                "token",
-                "issue",
-                "--user",
-                "alice",
-                "--role",
-                "user",
-                "--data-dir",
-                &data,
-            ],
-            &[],
-        )
-        .await;
-        let token = token.trim().to_owned();
+        let token = issue_token(dir.path(), "alice", "user").await;
         let client = reqwest::Client::new();
         let script = format!(
             "setsid sleep {base} & (sleep {} &); echo started; exec sleep {}",
@@ -632,14 +610,7 @@ async fn a_job_gets_the_cpu_share_of_the_server_or_its_request() {
             json!({"command": "sh", "args": ["-c", "echo $$; exec sleep 46001"], "limits": limits}),
         )
         .await;
-        let mut output = app
-            .client
-            .get(format!("{}/jobs/{id}/output?follow=true", app.jobs))
-            .bearer_auth(&alice.token)
-            .send()
-            .await
-            .unwrap();
-        let pid = helpers::read_until(&mut output, "\n")
+        let pid = output_until(&app, &alice, &id, "\n")
             .await
             .trim()
             .to_owned();
@@ -697,14 +668,7 @@ async fn healthz_says_who_jobs_run_as_and_what_contains_them() {
         let id = alice
             .start("sh", &["-c", "echo up; exec sleep 47001"])
             .await;
-        let mut output = app
-            .client
-            .get(format!("{}/jobs/{id}/output?follow=true", app.jobs))
-            .bearer_auth(&alice.token)
-            .send()
-            .await
-            .unwrap();
-        helpers::read_until(&mut output, "up").await;
+        output_until(&app, &alice, &id, "up").await;
         assert_eq!(job_cgroups(), 1);
         let (status, _) = alice
             .call(Method::POST, &format!("/jobs/{id}/stop"), None)

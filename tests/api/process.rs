@@ -4,7 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::helpers::{
-    self, ANGRY_MONKEY, WardenProcess, eventually, process_is_gone, read_until, run_cli,
+    self, ANGRY_MONKEY, WardenProcess, eventually, issue_token, process_is_gone, read_until,
+    run_cli,
 };
 use tokio::process::Command;
 
@@ -259,27 +260,6 @@ async fn migrate_creates_the_database_and_exits() {
     // Running it again is a no-op.
     let (code, stderr) = run_warden(&["migrate", "--data-dir", &data_dir], &[]).await;
     assert_eq!(code, Some(0), "{stderr}");
-}
-
-/// `warden token issue` for `user` with `role` on `data_dir`.
-async fn issue_token(data_dir: &std::path::Path, user: &str, role: &str) -> String {
-    let dir = data_dir.display().to_string();
-    let (code, token, stderr) = run_cli(
-        &[
-            "token",
-            "issue",
-            "--user",
-            user,
-            "--role",
-            role,
-            "--data-dir",
-            &dir,
-        ],
-        &[],
-    )
-    .await;
-    assert_eq!(code, Some(0), "{stderr}");
-    token.trim().to_owned()
 }
 
 #[tokio::test]
