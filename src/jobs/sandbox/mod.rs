@@ -14,8 +14,9 @@ mod request;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -148,7 +149,7 @@ impl Sandbox {
             lang: std::env::var_os("LANG"),
         };
         sandbox.kill_leftovers().await;
-        if sandbox.cgroups.is_none() && ORPHANS_COME_HOME.is_completed() {
+        if sandbox.cgroups.is_none() && ORPHANS_COME_HOME.load(Ordering::Relaxed) {
             adopt_orphans();
         }
         sandbox.announce();
@@ -281,22 +282,17 @@ impl Sandbox {
             confinement,
         })
     }
-
-    /// Where the data dir is, every symlink resolved.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
 }
 
 /// Set by `warden serve` (never by the tests' in-process wardens, whose process other
 /// children share): without cgroups, warden becomes a subreaper, so that a job's orphans
 /// come back to it, and reaps the ones that exit.
-static ORPHANS_COME_HOME: Once = Once::new();
+static ORPHANS_COME_HOME: AtomicBool = AtomicBool::new(false);
 
 /// Lets this process adopt its jobs' orphans when jobs get no cgroup (see
 /// [`ORPHANS_COME_HOME`]); for `warden serve`, before it starts.
 pub fn let_orphans_come_home() {
-    ORPHANS_COME_HOME.call_once(|| {});
+    ORPHANS_COME_HOME.store(true, Ordering::Relaxed);
 }
 
 /// Becomes a subreaper and reaps adopted orphans on every SIGCHLD, once per process.
