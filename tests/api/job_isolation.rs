@@ -56,6 +56,14 @@ async fn all_gone(what: &str, args: &[&str]) {
     .await;
 }
 
+/// Waits until a process runs `args` (it may still be exec'ing into it).
+async fn running(what: &str, args: &[&str]) {
+    eventually(what, Duration::from_secs(10), async || {
+        (!processes_running(args).is_empty()).then_some(())
+    })
+    .await;
+}
+
 /// What `/healthz` says of jobs' isolation.
 async fn isolation(app: &TestApp) -> Value {
     let (_, health) = call(app.client.get(format!("{}/healthz", app.admin))).await;
@@ -128,7 +136,8 @@ async fn a_job_cannot_read_the_database_the_keys_or_the_logs() {
             secret.display()
         );
     }
-    let script = r#"id -u; for f in "$@"; do cat "$f" || failed=1; done; ls "$(dirname "$1")" || failed=1; exit ${failed:-0}"#;
+    // One pipe for both, so that the uid comes first whatever the order the pipes are read in.
+    let script = r#"exec 2>&1; id -u; for f in "$@"; do cat "$f" || failed=1; done; ls "$(dirname "$1")" || failed=1; exit ${failed:-0}"#;
     let mut args = vec!["-c".to_owned(), script.to_owned(), "sh".to_owned()];
     args.extend(secrets.iter().map(|secret| secret.display().to_string()));
     let client = reqwest::Client::new();
@@ -318,15 +327,8 @@ async fn job_with_escapees(app: &TestApp, alice: &User, base: u32, last: &str) -
     );
     let id = alice.start("sh", &["-c", &script]).await;
     output_until(app, alice, &id, "started").await;
-    let (first, second) = (base.to_string(), (base + 1).to_string());
-    assert!(
-        !processes_running(&["sleep", &first]).is_empty(),
-        "the setsid child runs"
-    );
-    assert!(
-        !processes_running(&["sleep", &second]).is_empty(),
-        "the grandchild runs"
-    );
+    running("the setsid child runs", &["sleep", &base.to_string()]).await;
+    running("the grandchild runs", &["sleep", &(base + 1).to_string()]).await;
     id
 }
 
@@ -412,10 +414,13 @@ async fn what_a_job_left_running_is_killed_when_warden_restarts_after_kill_9() {
             .await
             .unwrap();
         helpers::read_until(&mut output, "started").await;
+        let sleeps: Vec<String> = (base..base + 3).map(|sleep| sleep.to_string()).collect();
+        for sleep in &sleeps {
+            running(&format!("{cgroups}: sleep {sleep} runs"), &["sleep", sleep]).await;
+        }
 
         warden.signal("KILL").await;
         assert_eq!(warden.exit_code().await, None);
-        let sleeps: Vec<String> = (base..base + 3).map(|sleep| sleep.to_string()).collect();
         for sleep in &sleeps {
             assert!(
                 !processes_running(&["sleep", sleep]).is_empty(),
