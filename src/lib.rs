@@ -40,13 +40,15 @@
 //!   gauge (`gauges.rs`).
 //! - [`jobs`]: the job runner: router and the routes of one job (`mod.rs`); `GET /jobs`, a
 //!   page at a time (`listing.rs`); a job's request, status, ending and API
-//!   record (`job.rs`); SQL of jobs (`store/mod.rs`), of their output (`store/output.rs`)
+//!   record (`job.rs`); SQL of jobs (`store/mod.rs`), of queueing them within
+//!   `--max-queued-per-user` (`store/queue.rs`), of their output (`store/output.rs`)
 //!   and of deleting them (`store/deletion.rs`); workers, claims and recovery (`runner.rs`);
 //!   spawning a job's process into its confinement, signalling it by pidfd or unreaped
 //!   group, and killing all of it (`process.rs`); how jobs are kept apart from warden and
 //!   each other (`sandbox/`): set up at start (`sandbox/mod.rs`), the job account and the
 //!   closed data dir (`sandbox/account.rs`), a cgroup per job with its limits
-//!   (`sandbox/cgroups.rs`), containment by marker and subreaper without one
+//!   (`sandbox/cgroups/mod.rs`) and where the cgroup trees are
+//!   (`sandbox/cgroups/hierarchies.rs`), containment by marker and subreaper without one
 //!   (`sandbox/markers.rs`), the limits and what a request may ask (`sandbox/limits.rs`),
 //!   and its `env` and `cwd` (`sandbox/request.rs`); the output pump, the
 //!   followers' window and the output reader (`output.rs`); deleting jobs past
