@@ -726,6 +726,18 @@ async fn settings_that_cannot_isolate_jobs_refuse_to_start_with_exit_code_2() {
         assert_eq!(code, Some(2), "{flags:?}: {stderr}");
         assert!(stderr.contains(named), "{flags:?}: {stderr}");
     }
+    // A data dir the job account owns: a job could open it again.
+    if is_root() {
+        let owned = tempfile::tempdir().unwrap();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        std::os::unix::fs::chown(owned.path(), Some(nobody.uid.as_raw()), None).unwrap();
+        let mut args = vec!["serve".to_owned()];
+        args.extend(helpers::port_zero_flags(owned.path()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = run_cli(&args, &[]).await;
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("belongs to the job account"), "{stderr}");
+    }
 }
 
 #[tokio::test]

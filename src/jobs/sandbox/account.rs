@@ -1,8 +1,8 @@
 //! The OS account jobs run as, and the data dir kept out of its reach.
 //!
 //! Invariant: when jobs run as an account other than warden's, the data dir (database, WAL,
-//! keys, logs) belongs to warden's account and is closed to everyone else (mode 0700), or
-//! warden does not start.
+//! keys, logs) belongs to warden's account and is closed to everyone else (mode 0700, as
+//! the data-dir lock makes it), or warden does not start.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -82,12 +82,12 @@ impl Account {
         }
     }
 
-    /// Closes `data_dir` to every account but warden's (mode 0700) when jobs run as another
-    /// one; refuses a data dir that the job account owns (it could open it again). Returns
-    /// whether the mode had to change.
-    pub fn guard_data_dir(&self, data_dir: &Path) -> Result<bool, String> {
+    /// Refuses a data dir the job account could open when jobs run as another account: one
+    /// it owns (it could open it again), or one still open to group or others (the data-dir
+    /// lock makes it 0700 at start, and only warns when it cannot).
+    pub fn guard_data_dir(&self, data_dir: &Path) -> Result<(), String> {
         if !self.separate {
-            return Ok(false);
+            return Ok(());
         }
         let metadata = std::fs::metadata(data_dir)
             .map_err(|error| format!("cannot read the data dir {}: {error}", data_dir.display()))?;
@@ -100,18 +100,13 @@ impl Account {
                 self.name
             ));
         }
-        let mode = metadata.permissions().mode();
-        if mode & 0o077 == 0 {
-            return Ok(false);
+        if metadata.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "the data dir {} is open to other accounts, the job account among them: make it \
+                 mode 0700",
+                data_dir.display()
+            ));
         }
-        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
-            |error| {
-                format!(
-                    "cannot close the data dir {} to the job account (chmod 0700): {error}",
-                    data_dir.display()
-                )
-            },
-        )?;
-        Ok(true)
+        Ok(())
     }
 }

@@ -99,9 +99,7 @@ impl Sandbox {
             )
         })?;
         let account = Account::resolve(settings.job_user.as_deref())?;
-        if account.guard_data_dir(&data_dir)? {
-            tracing::info!(data_dir = %data_dir.display(), "closed the data dir to the job account (mode 0700)");
-        }
+        account.guard_data_dir(&data_dir)?;
         let instance = digest(data_dir.as_os_str().as_encoded_bytes());
         let (cgroups, no_cgroups) = if settings.cgroups {
             match Cgroups::set_up(&instance) {
