@@ -154,6 +154,53 @@ async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without
 }
 
 #[tokio::test]
+async fn a_job_refused_by_a_full_disk_takes_no_place_in_its_owners_queue() {
+    // One worker held by carol's job, so bob's jobs stay queued.
+    let app = TestApp::spawn_with(&["--job-workers", "1"]).await;
+    let carol = app.token("carol", Role::User).await;
+    let bob = app.token("bob", Role::User).await;
+    let gate = app.work.path().join("go");
+    let script = format!("while [ ! -e '{}' ]; do sleep 0.01; done", gate.display());
+    let (status, _) = call(
+        app.client
+            .post(format!("{}/jobs", app.jobs))
+            .bearer_auth(&carol)
+            .json(&json!({"command": "sh", "args": ["-c", script]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    app.db.limit_pages(Some(0)).await.unwrap();
+    let submit = |_| {
+        app.client
+            .post(format!("{}/jobs", app.jobs))
+            .bearer_auth(&bob)
+            .json(&json!({"command": "true"}))
+    };
+    let ((status, error), accepted) = until_refused(5000, submit).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{error}");
+    app.db.limit_pages(None).await.unwrap();
+
+    // The refused job left nothing: neither a row nor a count in bob's place in the queue.
+    let (status, _) = call(submit(0)).await;
+    assert_eq!(status, StatusCode::CREATED, "space is back");
+    let options = SqliteConnectOptions::new().filename(app.dir.path().join("warden.db"));
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    let (rows, counted): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM jobs WHERE owner = 'bob' AND status = 'queued'),
+                (SELECT queued FROM job_turns WHERE owner = 'bob')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(rows, i64::try_from(accepted).unwrap() + 1);
+    assert_eq!(counted, rows, "job_turns counts what is queued");
+    std::fs::write(&gate, b"").unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_database_locked_by_another_process_answers_503_and_the_next_batch_commits() {
     let app = TestApp::spawn_with(&["--busy-timeout", "100ms", "--job-workers", "1"]).await;
     let token = app.token("alice", Role::User).await;
