@@ -186,7 +186,8 @@ async fn create_job(
     let limits = jobs
         .runner
         .sandbox()
-        .admit(&new.env, new.cwd.as_deref(), &new.limits)?;
+        .admit(&new.env, new.cwd.as_deref(), &new.limits)
+        .await?;
     let env =
         serde_json::to_string(&new.env).map_err(|error| Error::Internal(error.to_string()))?;
     let id = uuid::Uuid::new_v4().to_string();

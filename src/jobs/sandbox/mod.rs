@@ -221,7 +221,7 @@ impl Sandbox {
 
     /// 400 unless a job may run with `env`, in `cwd`, asking for `limits`; otherwise the
     /// limits it runs with.
-    pub fn admit(
+    pub async fn admit(
         &self,
         env: &BTreeMap<String, String>,
         cwd: Option<&str>,
@@ -229,7 +229,7 @@ impl Sandbox {
     ) -> Result<Limits> {
         request::check_env(env)?;
         if let Some(cwd) = cwd {
-            request::check_cwd(cwd, &self.data_dir)?;
+            request::check_cwd(cwd, &self.data_dir).await?;
         }
         let enforceable = self
             .cgroups

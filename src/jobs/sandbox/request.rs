@@ -70,14 +70,21 @@ pub fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
 }
 
 /// 400 unless `cwd` is an absolute path to an existing directory outside `data_dir` (both
-/// compared with every symlink resolved).
-pub fn check_cwd(cwd: &str, data_dir: &Path) -> Result<()> {
+/// compared with every symlink resolved). The lookup runs off the runtime's threads: a slow
+/// or hung filesystem holds up this request only.
+pub async fn check_cwd(cwd: &str, data_dir: &Path) -> Result<()> {
     let bad = |message: String| Err(Error::BadRequest(message));
     if !cwd.starts_with('/') || cwd.contains('\0') || cwd.len() > 4096 {
         return bad("`cwd` must be an absolute path of at most 4096 bytes, without NUL".to_owned());
     }
-    let resolved = match std::fs::canonicalize(cwd) {
-        Ok(resolved) if resolved.is_dir() => resolved,
+    let resolved = match tokio::fs::canonicalize(cwd).await {
+        Ok(resolved)
+            if tokio::fs::metadata(&resolved)
+                .await
+                .is_ok_and(|meta| meta.is_dir()) =>
+        {
+            resolved
+        }
         Ok(_) => return bad(format!("`cwd` {:?} is not a directory", truncated(cwd))),
         Err(error) => {
             return bad(format!(
@@ -131,20 +138,22 @@ mod tests {
         assert!(check_env(&env(&[("A", "a\0b")])).is_err());
     }
 
-    #[test]
-    fn a_working_directory_must_exist_outside_the_data_dir() {
+    #[tokio::test]
+    async fn a_working_directory_must_exist_outside_the_data_dir() {
         let root = tempfile::tempdir().unwrap();
         let data = root.path().join("data");
         std::fs::create_dir_all(data.join("pki")).unwrap();
         let data = std::fs::canonicalize(&data).unwrap();
-        check_cwd(root.path().to_str().unwrap(), &data).unwrap();
+        check_cwd(root.path().to_str().unwrap(), &data)
+            .await
+            .unwrap();
         for cwd in [
             data.join("pki").to_str().unwrap().to_owned(),
             format!("{}/../data", data.join("pki").display()),
             "relative".to_owned(),
             root.path().join("missing").to_str().unwrap().to_owned(),
         ] {
-            assert!(check_cwd(&cwd, &data).is_err(), "{cwd}");
+            assert!(check_cwd(&cwd, &data).await.is_err(), "{cwd}");
         }
     }
 }
