@@ -337,10 +337,15 @@ fn current_boot_id() -> Option<String> {
 
 /// When process `pid` started, in clock ticks since boot (field 22 of `/proc/PID/stat`).
 fn process_start_ticks(pid: i32) -> Option<i64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// The fields of `/proc/PID/stat` after the command name, from field 3 (the state) on: the
+/// name is in parentheses and may hold anything, spaces and parentheses among it.
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces; count after it.
     let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    Some(after_name.split_whitespace().map(str::to_owned).collect())
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use std::sync::{Mutex, PoisonError};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
+use crate::jobs::process::stat_fields;
+
 /// The environment variable that marks a job's processes.
 pub const MARKER: &str = "WARDEN_JOB";
 
@@ -124,15 +126,11 @@ pub fn reap_adopted() -> usize {
     let me = std::process::id();
     let mut reaped = 0;
     for pid in processes().filter(|pid| !leaders.contains(pid)) {
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        // The state and the parent's pid.
+        let Some(fields) = stat_fields(pid) else {
             continue;
         };
-        // After the command name (in parentheses, which may hold anything): state, ppid.
-        let Some(after) = stat.rfind(')').map(|at| &stat[at + 1..]) else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let (Some("Z"), Some(parent)) = (fields.next(), fields.next()) else {
+        let (Some("Z"), Some(parent)) = (fields.first().map(String::as_str), fields.get(1)) else {
             continue;
         };
         if parent.parse() != Ok(me) {
