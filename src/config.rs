@@ -194,6 +194,11 @@ pub struct Config {
     /// Where "now" comes from; tests drive a manual clock.
     #[arg(skip)]
     pub clock: Clock,
+
+    /// The binary that runs as the job spawner (`warden job-spawner`): this very binary,
+    /// except in tests, whose binary is the test harness.
+    #[arg(skip = PathBuf::from("/proc/self/exe"))]
+    pub job_spawner: PathBuf,
 }
 
 /// Whether the jobs listener speaks TLS.

@@ -72,6 +72,13 @@ enum Command {
         #[arg(value_enum)]
         listener: Option<Api>,
     },
+    /// The job spawner `serve` runs for itself (see `jobs::spawner`); not for people.
+    #[command(hide = true)]
+    JobSpawner {
+        /// The data dir of the warden it serves, which `ps` then shows.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Print the hash service's stats.
     Stats {
         /// The hash service.
@@ -130,11 +137,15 @@ struct MigrateArgs {
 
 /// Parses the command line, runs the command, and turns the outcome into an exit code.
 pub fn main() -> ExitCode {
-    crate::security::tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
     };
+    if let Command::JobSpawner { .. } = cli.command {
+        // Before any runtime: the spawner forks, so it must stay single-threaded.
+        return crate::jobs::spawner::serve::run();
+    }
+    crate::security::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -169,6 +180,7 @@ pub fn main() -> ExitCode {
         Command::Jobs(args) => finish(runtime.block_on(clients::jobs(*args))),
         Command::Hash { password, url } => finish(runtime.block_on(clients::hash(password, &url))),
         Command::Stats { url } => finish(runtime.block_on(clients::stats(&url))),
+        Command::JobSpawner { .. } => crate::jobs::spawner::serve::run(),
         Command::Openapi { listener } => print_openapi(listener),
     }
 }

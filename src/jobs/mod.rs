@@ -16,6 +16,7 @@ mod process;
 mod retention;
 mod runner;
 pub mod sandbox;
+pub mod spawner;
 mod store;
 
 use std::time::Duration;

@@ -1,26 +1,29 @@
-//! A job's process: spawned directly (never through a shell) into its confinement (its
-//! cgroup, or its marker) as the leader of a process group of its own, as the job's
+//! A job's process: forked by the job spawner (never through a shell) into its confinement
+//! (its cgroup, or its marker) as the leader of a process group of its own, as the job's
 //! account, in its working directory; signalled, killed whole, reaped, and recognised
 //! again after a crash of warden through `/proc`.
 //!
 //! Invariants: the leader is reaped only after everything else of the job is killed, and it
-//! is only ever signalled through its pidfd or its group while it is unreaped, so a
-//! recycled pid is never signalled; a job's processes never outlive [`JobProcess::finish`].
+//! is only ever signalled through its pidfd or its group while it is unreaped (the spawner
+//! reaps it only when [`JobProcess::finish`] asks), so a recycled pid is never signalled; a
+//! job's processes never outlive [`JobProcess::finish`].
 
-use std::ffi::{CString, OsString};
-use std::fs::File;
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::process::{ExitStatus, Stdio};
-use std::sync::PoisonError;
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Gid, Pid, Uid};
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::net::unix::pipe;
 
 use super::sandbox::{JobCgroup, LimitHits, markers};
+use super::spawner::{SpawnFailure, SpawnRequest, Spawner, watch};
 
 /// What holds all of a job's processes, so that they end together.
 #[derive(Debug)]
@@ -48,10 +51,11 @@ pub struct Launch<'a> {
 /// A running job's process, its pidfd, and what holds the rest of the job.
 #[derive(Debug)]
 pub struct JobProcess {
-    child: Child,
     pid: i32,
     /// Readable once the leader has exited; it does not reap it.
     pidfd: AsyncFd<OwnedFd>,
+    /// The spawner that forked it, and reaps it.
+    spawner: Arc<Spawner>,
     confinement: Confinement,
     finished: bool,
 }
@@ -60,18 +64,18 @@ pub struct JobProcess {
 #[derive(Debug)]
 pub struct Spawned {
     pub process: JobProcess,
-    pub stdout: Option<ChildStdout>,
-    pub stderr: Option<ChildStderr>,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
 }
 
 /// Why a job's process could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("cannot start {command:?} in {cwd:?}: {source}")]
+    #[error("cannot start {command:?} in {cwd:?}: {failure}")]
     Start {
         command: String,
         cwd: String,
-        source: io::Error,
+        failure: SpawnFailure,
     },
     #[error("the process could not be tracked: {0}")]
     Untracked(String),
@@ -85,80 +89,75 @@ pub struct Finished {
 }
 
 impl JobProcess {
-    /// Starts `launch` with stdin from `/dev/null` and stdout and stderr piped, leading a
-    /// process group of its own, settled by [`settle_before_exec`].
-    pub fn spawn(launch: Launch<'_>) -> Result<Spawned, SpawnError> {
-        let start_error = |source: io::Error| SpawnError::Start {
+    /// Has `spawner` start `launch` with stdin from `/dev/null` and stdout and stderr piped,
+    /// leading a process group of its own, settled as [`super::spawner::serve`] says.
+    pub async fn spawn(spawner: &Arc<Spawner>, launch: Launch<'_>) -> Result<Spawned, SpawnError> {
+        let start_error = |failure: SpawnFailure| SpawnError::Start {
             command: launch.command.to_owned(),
             cwd: launch.cwd.to_owned(),
-            source,
+            failure,
         };
-        let mut builder = Command::new(launch.command);
-        builder
-            .env_clear()
-            .envs(launch.env.iter().map(|(name, value)| (name, value)))
-            .args(launch.args)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let cgroup_procs = match &launch.confinement {
-            Confinement::Cgroup(cgroup) => cgroup.procs_files().map_err(start_error)?,
-            Confinement::Marked(_) => Vec::new(),
+        let (stdout, stdout_end) =
+            output_pipe().map_err(|error| start_error(SpawnFailure::Spawner(error)))?;
+        let (stderr, stderr_end) =
+            output_pipe().map_err(|error| start_error(SpawnFailure::Spawner(error)))?;
+        let request = SpawnRequest {
+            program: launch.command.as_bytes().to_vec(),
+            args: launch
+                .args
+                .iter()
+                .map(|arg| arg.as_bytes().to_vec())
+                .collect(),
+            env: launch
+                .env
+                .iter()
+                .map(|(name, value)| [name.as_bytes(), b"=", value.as_encoded_bytes()].concat())
+                .collect(),
+            cwd: launch.cwd.as_bytes().to_vec(),
+            account: launch
+                .switch_to
+                .map(|(uid, gid)| (uid.as_raw(), gid.as_raw())),
+            cgroup_procs: match &launch.confinement {
+                Confinement::Cgroup(cgroup) => cgroup.procs_paths(),
+                Confinement::Marked(_) => Vec::new(),
+            },
         };
-        let cwd = CString::new(launch.cwd)
-            .map_err(|_| start_error(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        settle_before_exec(&mut builder, cgroup_procs, launch.switch_to, cwd);
-        let mut child = {
-            // Listed before it can exit, so that the subreaper's reaper never takes it.
-            let mut leaders = markers::LEADERS
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let child = match builder.spawn() {
-                Ok(child) => child,
-                Err(error) => {
-                    // Nothing of the job runs (a child whose exec failed is reaped already).
-                    if let Confinement::Cgroup(cgroup) = &launch.confinement {
+        let pid = match spawner.spawn(request, stdout_end, stderr_end).await {
+            Ok(pid) => pid,
+            Err(failure) => {
+                match (&failure, &launch.confinement) {
+                    // Nothing of the job runs: it was reaped after its failed step.
+                    (SpawnFailure::NotStarted { .. }, Confinement::Cgroup(cgroup)) => {
                         cgroup.discard();
                     }
-                    return Err(start_error(error));
+                    (SpawnFailure::NotStarted { .. }, Confinement::Marked(_)) => {}
+                    // It may run: kill whatever did start.
+                    (SpawnFailure::Spawner(_), confinement) => kill_confined(confinement, None),
                 }
-            };
-            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-                leaders.push(pid);
+                return Err(start_error(failure));
             }
-            child
         };
-        // The cgroup files the closure holds are closed with it (the child's copies by exec).
-        drop(builder);
-        let untracked = |why: String| SpawnError::Untracked(why);
-        // Unreaped (only its worker reaps it), the pid is still the child's.
-        let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) else {
-            return Err(untracked("its pid does not fit a pid_t".to_owned()));
-        };
+        // Unreaped (only its spawner reaps it, when asked), the pid is still the child's.
         let pidfd = markers::pidfd_open(pid)
-            .ok_or_else(|| untracked(format!("pidfd_open: {}", io::Error::last_os_error())))
-            .and_then(|fd| watch(fd).map_err(|error| untracked(error.to_string())));
+            .ok_or_else(|| format!("pidfd_open: {}", io::Error::last_os_error()))
+            .and_then(|fd| watch(fd, Interest::READABLE).map_err(|error| error.to_string()));
         let pidfd = match pidfd {
             Ok(pidfd) => pidfd,
-            Err(error) => {
-                // Untracked, it must not run: the runtime reaps it once killed.
-                let _ = child.start_kill();
-                forget_leader(pid);
-                if let Confinement::Cgroup(cgroup) = &launch.confinement {
-                    cgroup.kill();
-                }
-                return Err(error);
+            Err(why) => {
+                // Untracked, it must not run; the spawner reaps it once killed.
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                kill_confined(&launch.confinement, None);
+                spawner.forget(pid);
+                return Err(SpawnError::Untracked(why));
             }
         };
         Ok(Spawned {
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
+            stdout,
+            stderr,
             process: Self {
-                child,
                 pid,
                 pidfd,
+                spawner: spawner.clone(),
                 confinement: launch.confinement,
                 finished: false,
             },
@@ -188,23 +187,20 @@ impl JobProcess {
 
     /// SIGKILL to every process of the job, the leader among them.
     pub fn kill_all(&self) {
-        match &self.confinement {
-            Confinement::Cgroup(cgroup) => cgroup.kill(),
-            Confinement::Marked(marker) => {
-                let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
-                let _ = markers::pidfd_kill(self.pidfd.get_ref());
-                markers::kill_marked(markers::Reach::Job(marker), Some(self.pid));
-            }
+        if let Confinement::Marked(_) = &self.confinement {
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let _ = markers::pidfd_kill(self.pidfd.get_ref());
         }
+        kill_confined(&self.confinement, Some(self.pid));
     }
 
     /// Kills whatever is left of the job, reaps the leader, and tells how it ended and what
     /// hit the job's limits; its cgroup is removed.
     pub async fn finish(mut self) -> Finished {
         self.kill_all();
-        let status = self.child.wait().await;
+        self.exited().await;
+        let status = self.spawner.reap(self.pid).await;
         self.finished = true;
-        forget_leader(self.pid);
         let hits = match &self.confinement {
             Confinement::Cgroup(cgroup) => {
                 cgroup.wait_empty().await;
@@ -222,74 +218,35 @@ impl JobProcess {
     }
 }
 
-/// Takes `pid` off the leaders the subreaper's reaper leaves alone, once it is reaped.
-fn forget_leader(pid: i32) {
-    markers::LEADERS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .retain(|leader| *leader != pid);
-}
-
-/// Settles the child after the fork, before the exec, in this order: it moves itself into
-/// each cgroup whose `cgroup.procs` is in `procs` (writing `0` moves the writer), while it
-/// is still as privileged as warden; drops every supplementary group and switches to the
-/// job's account (`switch_to`); and enters `cwd` as that account. So the job's program,
-/// and all it ever starts, run in its cgroup and as its account from their first
-/// instruction, and a `cwd` the account cannot enter fails the start.
-#[expect(
-    unsafe_code,
-    reason = "settling a child between fork and exec needs pre_exec"
-)]
-fn settle_before_exec(
-    builder: &mut Command,
-    procs: Vec<File>,
-    switch_to: Option<(Uid, Gid)>,
-    cwd: CString,
-) {
-    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
-    // sound: it makes write, setgroups, setgid, setuid and chdir system calls on values
-    // made before the fork, allocating nothing and taking no lock.
-    unsafe {
-        builder.pre_exec(move || {
-            for file in &procs {
-                nix::unistd::write(file, b"0")?;
-            }
-            if let Some((uid, gid)) = switch_to {
-                nix::unistd::setgroups(&[])?;
-                nix::unistd::setgid(gid)?;
-                nix::unistd::setuid(uid)?;
-            }
-            nix::unistd::chdir(cwd.as_c_str())?;
-            Ok(())
-        });
+/// SIGKILL to every process in `confinement` (but `spare`, a leader killed by its pidfd).
+fn kill_confined(confinement: &Confinement, spare: Option<i32>) {
+    match confinement {
+        Confinement::Cgroup(cgroup) => cgroup.kill(),
+        Confinement::Marked(marker) => {
+            markers::kill_marked(markers::Reach::Job(marker), spare);
+        }
     }
 }
 
-/// Registers a pidfd with the runtime, which wakes its reader once the process has exited.
-#[expect(
-    unsafe_code,
-    reason = "tokio registers a raw fd only through an unsafe call"
-)]
-fn watch(pidfd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: the AsyncFd owns the fd, so it stays open (and is not replaced) for as long as
-    // it is registered, and is closed only when the AsyncFd drops.
-    unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
-        .map_err(|error| error.into_parts().1)
+/// A pipe for a job's output: the end warden reads, and the (blocking) end the job writes.
+fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((pipe::Receiver::from_owned_fd(read_end)?, write_end))
 }
 
 impl Drop for JobProcess {
     /// A job dropped unfinished (its worker was cancelled) takes its processes with it; the
-    /// next start removes its cgroup.
+    /// spawner reaps its leader, and the next start removes its cgroup.
     fn drop(&mut self) {
         if !self.finished {
             self.kill_all();
+            self.spawner.forget(self.pid);
         }
     }
 }
 
 /// The exit code and signal of an exit status (either may be absent).
 pub fn code_and_signal(status: &ExitStatus) -> (Option<i64>, Option<i64>) {
-    use std::os::unix::process::ExitStatusExt as _;
     (status.code().map(i64::from), status.signal().map(i64::from))
 }
 

@@ -338,7 +338,7 @@ impl Runner {
             process,
             stdout,
             stderr,
-        } = match JobProcess::spawn(launch) {
+        } = match JobProcess::spawn(self.settings.sandbox.spawner(), launch).await {
             Ok(spawned) => spawned,
             Err(error) => return Ending::failed(error.to_string(), false),
         };
@@ -352,8 +352,8 @@ impl Runner {
         }
 
         let mut output = tokio::spawn(output::pump(
-            stdout,
-            stderr,
+            Some(stdout),
+            Some(stderr),
             job.seq,
             self.writer.clone(),
             progress,

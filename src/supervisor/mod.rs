@@ -192,6 +192,7 @@ impl App {
                     config.job_timeout,
                 ),
                 data_dir: config.data_dir.clone(),
+                spawner: config.job_spawner.clone(),
             })
             .await
             .map_err(StartError::Sandbox)?;

@@ -218,16 +218,18 @@ async fn a_database_locked_by_another_process_answers_503_and_the_next_batch_com
     let gate = app.work.path().join("end-now");
     let (_, blocker) = call(jobs(Method::POST, "/jobs").json(&json!({
         "command": "sh",
-        "args": ["-c", format!("while [ ! -e '{}' ]; do sleep 0.01; done", gate.display())]
+        "args": ["-c", format!("echo up; while [ ! -e '{}' ]; do sleep 0.01; done", gate.display())]
     })))
     .await;
     let blocker = blocker["id"].as_str().unwrap().to_owned();
     let (_, next) = call(jobs(Method::POST, "/jobs").json(&json!({"command": "true"}))).await;
     let next = next["id"].as_str().unwrap().to_owned();
-    eventually("the blocker runs", Duration::from_secs(30), async || {
-        (status_of(&blocker).await == "running").then_some(())
-    })
-    .await;
+    // Its output flows once its process is recorded (the lock below would fail that).
+    let mut output = jobs(Method::GET, &format!("/jobs/{blocker}/output?follow=true"))
+        .send()
+        .await
+        .unwrap();
+    helpers::read_until(&mut output, "up").await;
 
     // Another process (a sqlite3 shell, a backup) takes the write lock and keeps it.
     let options = SqliteConnectOptions::new().filename(app.dir.path().join("warden.db"));

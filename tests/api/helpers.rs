@@ -44,6 +44,14 @@ pub fn port_zero_flags(data_dir: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// The serve config of `flags`, with the job spawner this test run built: the tests' own
+/// binary is the test harness, not warden.
+pub fn config(flags: Vec<String>) -> Config {
+    let mut config = Config::from_flags(flags).expect("test flags parse");
+    config.job_spawner = std::path::PathBuf::from(env!("CARGO_BIN_EXE_warden"));
+    config
+}
+
 /// `--jobs-tls off` unless the test chose a TLS mode: most tests drive the jobs API with
 /// tokens over plain HTTP; the `tls` tests ask for mutual TLS.
 fn plain_jobs_unless_asked(flags: &[&str]) -> Vec<String> {
@@ -102,7 +110,7 @@ impl TestApp {
         let mut flags = port_zero_flags(dir.path());
         flags.extend(plain_jobs_unless_asked(extra_flags));
         flags.extend(extra_flags.iter().map(|flag| (*flag).to_owned()));
-        let mut config = Config::from_flags(flags).expect("test flags parse");
+        let mut config = config(flags);
         config.validate().expect("test config is valid");
         config.clock = clock.clone();
         let app = App::build(config).await.expect("warden builds");

@@ -6,7 +6,6 @@ use std::time::Duration;
 use crate::helpers::{self, TestApp, WardenProcess, call, run_cli};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use warden::config::Config;
 use warden::db::LockError;
 use warden::supervisor::{App, StartError};
 
@@ -27,7 +26,7 @@ async fn a_second_warden_on_the_same_data_dir_refuses_to_start() {
     let app = TestApp::spawn().await;
     let mut flags = helpers::port_zero_flags(app.dir.path());
     flags.push("--no-hashes".into());
-    let config = Config::from_flags(flags).unwrap();
+    let config = helpers::config(flags);
     let second = App::build(config).await;
     assert!(
         matches!(second, Err(StartError::Lock(LockError::Held(_)))),
@@ -38,7 +37,7 @@ async fn a_second_warden_on_the_same_data_dir_refuses_to_start() {
     let (dir, _) = app.stop().await;
 
     // Once the first has stopped, the lock is free again.
-    let config = Config::from_flags(helpers::port_zero_flags(dir.path())).unwrap();
+    let config = helpers::config(helpers::port_zero_flags(dir.path()));
     let third = App::build(config).await.expect("the lock was released");
     third.shutdown_token().cancel();
     third.run_until_stopped().await.unwrap();

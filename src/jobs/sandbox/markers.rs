@@ -11,7 +11,9 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::io;
 use std::os::fd::OwnedFd;
+use std::process::{Child, Command};
 use std::sync::{Mutex, PoisonError};
 
 use nix::sys::wait::{WaitPidFlag, waitpid};
@@ -110,22 +112,38 @@ pub fn pidfd_kill(pidfd: &OwnedFd) -> bool {
     rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL).is_ok()
 }
 
-/// The pids of job leaders that a worker will reap; the reaper leaves them alone. Held
-/// while a leader is spawned, so that it is listed before it can exit.
-pub static LEADERS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// The pids of warden's children that it reaps itself (its job spawners, see
+/// [`crate::jobs::spawner`]); the reaper of adopted orphans leaves them alone.
+static OWN_CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Spawns `command` as one of [`OWN_CHILDREN`], listed before it can exit.
+pub fn spawn_own_child(command: &mut Command) -> io::Result<Child> {
+    let mut own = OWN_CHILDREN.lock().unwrap_or_else(PoisonError::into_inner);
+    let child = command.spawn()?;
+    own.push(child.id());
+    Ok(child)
+}
+
+/// Takes `pid` off [`OWN_CHILDREN`], once it is reaped.
+pub fn forget_own_child(pid: u32) {
+    OWN_CHILDREN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|own| *own != pid);
+}
 
 /// Makes warden a subreaper: orphans of its jobs become its children, not init's.
 pub fn become_subreaper() -> bool {
     nix::sys::prctl::set_child_subreaper(true).is_ok()
 }
 
-/// Reaps the children warden adopted as a subreaper that have exited (never a job leader:
-/// their workers reap those); returns how many.
+/// Reaps the children warden adopted as a subreaper that have exited (never one of
+/// [`OWN_CHILDREN`]); returns how many.
 pub fn reap_adopted() -> usize {
-    let leaders = LEADERS.lock().unwrap_or_else(PoisonError::into_inner);
+    let own = OWN_CHILDREN.lock().unwrap_or_else(PoisonError::into_inner);
     let me = std::process::id();
     let mut reaped = 0;
-    for pid in processes().filter(|pid| !leaders.contains(pid)) {
+    for pid in processes().filter(|pid| u32::try_from(*pid).is_ok_and(|pid| !own.contains(&pid))) {
         // The state and the parent's pid.
         let Some(fields) = stat_fields(pid) else {
             continue;
@@ -136,7 +154,7 @@ pub fn reap_adopted() -> usize {
         if parent.parse() != Ok(me) {
             continue;
         }
-        // An exited child of ours that no worker waits for (leaders are held above).
+        // An exited child of ours that nothing else waits for (own children are held above).
         if waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))
             .is_ok_and(|status| status.pid() == Some(Pid::from_raw(pid)))
         {

@@ -15,8 +15,8 @@ mod request;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 
 use serde::Serialize;
 
@@ -25,6 +25,7 @@ pub use limits::{Enforceable, Limits};
 pub use request::MAX_VARIABLES;
 
 use super::process::{Confinement, Launch};
+use super::spawner::Spawner;
 use super::store::JobRow;
 use crate::error::Result;
 use account::Account;
@@ -45,6 +46,9 @@ pub struct SandboxSettings {
     /// The server's limits: each job's default and the most a request may ask for.
     pub limits: Limits,
     pub data_dir: PathBuf,
+    /// The binary to run as `job-spawner`: warden's own, but in tests (whose binary is the
+    /// test harness) the `warden` binary built beside them.
+    pub spawner: PathBuf,
 }
 
 /// Jobs' isolation, as set up at start.
@@ -59,6 +63,8 @@ pub struct Sandbox {
     /// The data dir with every symlink resolved, which no job's `cwd` may be inside.
     data_dir: PathBuf,
     limits: Limits,
+    /// What forks each job's process.
+    spawner: Arc<Spawner>,
     /// warden's `PATH` and `LANG`, which jobs inherit.
     path: OsString,
     lang: Option<OsString>,
@@ -136,6 +142,12 @@ impl Sandbox {
                 ));
             }
         }
+        // After the cgroups: it is in warden's own (leaf) cgroup, which jobs' cgroups are beside.
+        let spawner = Spawner::start(
+            settings.spawner,
+            vec!["--data-dir".to_owned(), data_dir.display().to_string()],
+        )
+        .await?;
         let sandbox = Self {
             account,
             cgroups,
@@ -143,6 +155,7 @@ impl Sandbox {
             instance,
             data_dir,
             limits: settings.limits,
+            spawner: Arc::new(spawner),
             path: std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
             lang: std::env::var_os("LANG"),
         };
@@ -237,6 +250,11 @@ impl Sandbox {
             .map(Cgroups::enforceable)
             .unwrap_or_default();
         self.limits.for_request(limits, enforceable)
+    }
+
+    /// What forks each job's process.
+    pub fn spawner(&self) -> &Arc<Spawner> {
+        &self.spawner
     }
 
     /// How to start `job`'s process (its cgroup made, with the job's limits); why not, when

@@ -10,9 +10,8 @@
 
 mod hierarchies;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -295,17 +294,12 @@ impl JobCgroup {
         }
     }
 
-    /// The `cgroup.procs` files of every directory, open for the job's process to write `0`
-    /// to (which moves the writer) after its fork; closed by its exec.
-    pub fn procs_files(&self) -> io::Result<Vec<File>> {
+    /// The `cgroup.procs` files of every directory, for the job's process to write `0` to
+    /// (which moves the writer) after its fork.
+    pub fn procs_paths(&self) -> Vec<PathBuf> {
         std::iter::once(&self.v2)
             .chain(self.v1.iter().map(|(_, dir)| dir))
-            .map(|dir| {
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(nix::libc::O_CLOEXEC)
-                    .open(dir.join("cgroup.procs"))
-            })
+            .map(|dir| dir.join("cgroup.procs"))
             .collect()
     }
 
