@@ -286,10 +286,16 @@ pub fn kill_leftover_group(pid: i32, recorded: &ProcessMark) -> bool {
     killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
 }
 
+/// This boot's id, read once: it changes only with a reboot.
 fn current_boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|id| id.trim().to_owned())
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_owned())
+        })
+        .clone()
 }
 
 /// When process `pid` started, in clock ticks since boot (field 22 of `/proc/PID/stat`).

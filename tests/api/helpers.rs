@@ -48,7 +48,7 @@ pub fn port_zero_flags(data_dir: &Path) -> Vec<String> {
 /// binary is the test harness, not warden.
 pub fn config(flags: Vec<String>) -> Config {
     let mut config = Config::from_flags(flags).expect("test flags parse");
-    config.job_spawner = std::path::PathBuf::from(env!("CARGO_BIN_EXE_warden"));
+    config.job_spawner = warden_binary();
     config
 }
 

@@ -31,7 +31,7 @@ fn root_or_skip(test: &str) -> bool {
 }
 
 /// The pids of live processes whose command line is exactly `args`.
-fn processes_running(args: &[&str]) -> Vec<String> {
+pub fn processes_running(args: &[&str]) -> Vec<String> {
     let wanted: Vec<u8> = args
         .iter()
         .flat_map(|arg| [arg.as_bytes(), b"\0"].concat())
@@ -49,7 +49,7 @@ fn processes_running(args: &[&str]) -> Vec<String> {
 }
 
 /// Waits until no process runs `args`.
-async fn all_gone(what: &str, args: &[&str]) {
+pub async fn all_gone(what: &str, args: &[&str]) {
     eventually(what, Duration::from_secs(10), async || {
         processes_running(args).is_empty().then_some(())
     })
@@ -90,7 +90,7 @@ async fn contained(test: &str, flags: &[&str]) -> Option<TestApp> {
 }
 
 /// Follows job `id` of `user` until its output holds `wanted`; returns what was read.
-async fn output_until(app: &TestApp, user: &User, id: &str, wanted: &str) -> String {
+pub async fn output_until(app: &TestApp, user: &User, id: &str, wanted: &str) -> String {
     let mut output = app
         .client
         .get(format!("{}/jobs/{id}/output?follow=true", app.jobs))

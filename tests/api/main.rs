@@ -35,6 +35,7 @@ mod helpers;
 mod job_isolation;
 mod job_queue;
 mod job_retention;
+mod job_spawner;
 mod jobs;
 mod lifecycle;
 mod metrics;

@@ -135,6 +135,11 @@ impl Spawner {
         loop {
             match self.ask(Ask::Reap { pid }, &[]).await? {
                 Reply::Reaped { status } => return Ok(ExitStatus::from_raw(status)),
+                Reply::Failed { errno } if errno == nix::libc::ECHILD => {
+                    return Err(io::Error::other(
+                        "its exit status was lost with the job spawner that started it",
+                    ));
+                }
                 Reply::Failed { errno } => return Err(io::Error::from_raw_os_error(errno)),
                 // Its pidfd said it exited; the kernel is a moment behind.
                 Reply::Running => {
@@ -159,14 +164,6 @@ impl Spawner {
     /// one failed; a spawner that fails here is killed.
     async fn ask(&self, ask: Ask, fds: &[OwnedFd]) -> io::Result<Reply> {
         let mut connection = self.connection.lock().await;
-        let current = match connection.as_mut() {
-            Some(current) => current,
-            None => {
-                let started = Connection::start(&self.program, &self.args).await?;
-                tracing::info!("the job spawner was started again");
-                connection.insert(started)
-            }
-        };
         let forget = std::mem::take(
             &mut *self
                 .forgotten
@@ -174,20 +171,47 @@ impl Spawner {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         let packet = Request { forget, ask }.encode();
-        let answered = tokio::time::timeout(REPLY_TIMEOUT, current.exchange(&packet, fds))
-            .await
-            .unwrap_or_else(|_| {
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the job spawner did not answer",
-                ))
-            });
-        if let Err(error) = &answered {
-            tracing::error!(%error, "the job spawner failed; it is started again for the next job");
+        // A spawner that ended since the last request is found out by the send, before it
+        // could act on this one: another is started and asked in its place, once.
+        for retry in [true, false] {
+            let current = match connection.as_mut() {
+                Some(current) => current,
+                None => connection.insert(Connection::start(&self.program, &self.args).await?),
+            };
+            let answered = tokio::time::timeout(REPLY_TIMEOUT, current.exchange(&packet, fds))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Exchange::Unanswered(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the job spawner did not answer",
+                    )))
+                });
+            let error = match answered {
+                Ok(reply) => return Ok(reply),
+                Err(error) => error,
+            };
             *connection = None;
+            match error {
+                Exchange::Unsent(error) if retry => {
+                    tracing::warn!(%error, "the job spawner had ended; starting another");
+                }
+                Exchange::Unsent(error) | Exchange::Unanswered(error) => {
+                    tracing::error!(%error, "the job spawner failed; another is started for the next job");
+                    return Err(error);
+                }
+            }
         }
-        answered
+        Err(io::Error::other("the job spawner could not be reached"))
     }
+}
+
+/// How an exchange with the spawner failed.
+#[derive(Debug)]
+enum Exchange {
+    /// The request was not sent: the spawner did nothing of it.
+    Unsent(io::Error),
+    /// It was sent, and the spawner may have acted on it.
+    Unanswered(io::Error),
 }
 
 fn unexpected(reply: &Reply) -> io::Error {
@@ -235,27 +259,29 @@ impl Connection {
         }
     }
 
-    async fn exchange(&mut self, packet: &[u8], fds: &[OwnedFd]) -> io::Result<Reply> {
+    async fn exchange(&mut self, packet: &[u8], fds: &[OwnedFd]) -> Result<Reply, Exchange> {
         let fds: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
         self.socket
             .async_io(Interest::WRITABLE, |socket| {
                 wire::send(socket.as_fd(), packet, &fds)
             })
-            .await?;
-        self.receive().await
+            .await
+            .map_err(Exchange::Unsent)?;
+        self.receive().await.map_err(Exchange::Unanswered)
     }
 
     async fn receive(&mut self) -> io::Result<Reply> {
+        let mut buffer = [0; wire::MAX_REPLY];
         let received = self
             .socket
             .async_io(Interest::READABLE, |socket| {
-                wire::receive(socket, wire::MAX_REPLY)
+                wire::receive(socket, &mut buffer)
             })
             .await?;
         let received = received.ok_or_else(|| {
             io::Error::new(io::ErrorKind::UnexpectedEof, "the job spawner has ended")
         })?;
-        Reply::decode(&received.packet).ok_or_else(|| {
+        Reply::decode(&buffer[..received.len]).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 "the job spawner's reply is garbled",

@@ -45,8 +45,9 @@ pub fn run() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut forgotten = Vec::new();
+    let mut buffer = vec![0; wire::MAX_PACKET];
     loop {
-        let received = match wire::receive(socket, wire::MAX_PACKET) {
+        let received = match wire::receive(socket, &mut buffer) {
             Ok(Some(received)) => received,
             Ok(None) => return ExitCode::SUCCESS,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -55,7 +56,7 @@ pub fn run() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let reply = match Request::decode(&received.packet) {
+        let reply = match Request::decode(&buffer[..received.len]) {
             Some(Request { forget, ask }) => {
                 forgotten.extend(forget);
                 reap_forgotten(&mut forgotten);

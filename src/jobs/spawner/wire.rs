@@ -348,23 +348,23 @@ pub fn send(socket: BorrowedFd<'_>, packet: &[u8], fds: &[BorrowedFd<'_>]) -> io
     }
 }
 
-/// A received packet and the descriptors that came with it.
+/// A received packet's length and the descriptors that came with it.
 #[derive(Debug)]
 pub struct Received {
-    pub packet: Vec<u8>,
+    pub len: usize,
     pub fds: Vec<OwnedFd>,
 }
 
-/// Receives one packet of up to `max` bytes (and up to two descriptors; they are
-/// close-on-exec). `Ok(None)` is the end: the other end closed its socket. A packet or
-/// descriptors cut short are an error.
-pub fn receive(socket: impl AsFd, max: usize) -> io::Result<Option<Received>> {
-    let mut packet = vec![0; max];
+/// Receives one packet into `buffer` (which bounds its size: reuse it, as zeroing a fresh
+/// one costs more than the rest of a spawn), with up to two descriptors (close-on-exec).
+/// `Ok(None)` is the end: the other end closed its socket. A packet or descriptors cut short
+/// are an error.
+pub fn receive(socket: impl AsFd, buffer: &mut [u8]) -> io::Result<Option<Received>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = rustix::net::recvmsg(
         socket,
-        &mut [IoSliceMut::new(&mut packet)],
+        &mut [IoSliceMut::new(buffer)],
         &mut control,
         RecvFlags::CMSG_CLOEXEC,
     )?;
@@ -383,8 +383,10 @@ pub fn receive(socket: impl AsFd, max: usize) -> io::Result<Option<Received>> {
     if got.bytes == 0 {
         return Ok(None);
     }
-    packet.truncate(got.bytes);
-    Ok(Some(Received { packet, fds }))
+    Ok(Some(Received {
+        len: got.bytes,
+        fds,
+    }))
 }
 
 #[cfg(test)]
