@@ -44,7 +44,9 @@
 //!   `--max-queued-per-user` (`store/queue.rs`), of their output (`store/output.rs`)
 //!   and of deleting them (`store/deletion.rs`); workers, claims and recovery (`runner.rs`);
 //!   spawning a job's process into its confinement, signalling it by pidfd or unreaped
-//!   group, and killing all of it (`process.rs`); how jobs are kept apart from warden and
+//!   group, and killing all of it (`process.rs`); the job spawner, a small process of its
+//!   own that forks each job (`spawner/mod.rs` warden's side, `spawner/serve.rs` the
+//!   process, `spawner/wire.rs` their packets); how jobs are kept apart from warden and
 //!   each other (`sandbox/`): set up at start (`sandbox/mod.rs`), the job account and the
 //!   closed data dir (`sandbox/account.rs`), a cgroup per job with its limits
 //!   (`sandbox/cgroups/mod.rs`) and where the cgroup trees are
