@@ -23,7 +23,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
 use super::sandbox::{JobCgroup, LimitHits, markers};
-use super::spawner::{SpawnFailure, SpawnRequest, Spawner, watch};
+use super::spawner::{Spawn, SpawnFailure, Spawner, watch};
 
 /// What holds all of a job's processes, so that they end together.
 #[derive(Debug)]
@@ -101,7 +101,7 @@ impl JobProcess {
             output_pipe().map_err(|error| start_error(SpawnFailure::Spawner(error)))?;
         let (stderr, stderr_end) =
             output_pipe().map_err(|error| start_error(SpawnFailure::Spawner(error)))?;
-        let request = SpawnRequest {
+        let request = Spawn {
             program: launch.command.as_bytes().to_vec(),
             args: launch
                 .args
@@ -118,7 +118,11 @@ impl JobProcess {
                 .switch_to
                 .map(|(uid, gid)| (uid.as_raw(), gid.as_raw())),
             cgroup_procs: match &launch.confinement {
-                Confinement::Cgroup(cgroup) => cgroup.procs_paths(),
+                Confinement::Cgroup(cgroup) => cgroup
+                    .procs_paths()
+                    .iter()
+                    .map(|path| path.as_os_str().as_encoded_bytes().to_vec())
+                    .collect(),
                 Confinement::Marked(_) => Vec::new(),
             },
         };

@@ -10,27 +10,18 @@ use reqwest::Method;
 use warden::security::principal::Role;
 
 use crate::helpers::{TestApp, eventually, process_is_gone};
-use crate::job_isolation::{all_gone, output_until};
+use crate::job_isolation::{all_gone, output_until, processes_running};
 use crate::jobs::User;
 
 /// The pids of the live spawners of the warden on `data_dir`.
 fn spawners_of(data_dir: &Path) -> Vec<String> {
     let data_dir = std::fs::canonicalize(data_dir).unwrap();
-    let wanted: Vec<u8> = ["warden", "job-spawner", "--data-dir"]
-        .into_iter()
-        .chain([data_dir.to_str().unwrap()])
-        .flat_map(|arg| [arg.as_bytes(), b"\0"].concat())
-        .collect();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|pid| pid.bytes().all(|byte| byte.is_ascii_digit()))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|line| line == wanted)
-        })
-        .filter(|pid| !process_is_gone(pid))
-        .collect()
+    processes_running(&[
+        "warden",
+        "job-spawner",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ])
 }
 
 /// Kills the one spawner of `app` with SIGKILL; its pid.

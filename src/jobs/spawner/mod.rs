@@ -15,7 +15,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -24,8 +24,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::sandbox::markers;
-pub use wire::Step;
 use wire::{Ask, Reply, Request};
+pub use wire::{Spawn, Step};
 
 /// How long the spawner may take to answer a request: a fork and an exec take well under a
 /// millisecond, so this is only ever reached by a spawner that is stuck (e.g. on an exec
@@ -34,18 +34,6 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a spawner may take to say it is up.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How to start a job's process, in the bytes the kernel takes.
-#[derive(Debug, Default)]
-pub struct SpawnRequest {
-    pub program: Vec<u8>,
-    pub args: Vec<Vec<u8>>,
-    /// `NAME=value` each.
-    pub env: Vec<Vec<u8>>,
-    pub cwd: Vec<u8>,
-    pub account: Option<(u32, u32)>,
-    pub cgroup_procs: Vec<PathBuf>,
-}
 
 /// Why a job's process did not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,22 +86,10 @@ impl Spawner {
     /// its until warden asks to [`Spawner::reap`] it.
     pub async fn spawn(
         &self,
-        request: SpawnRequest,
+        spawn: Spawn,
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> Result<i32, SpawnFailure> {
-        let spawn = wire::Spawn {
-            program: request.program,
-            args: request.args,
-            env: request.env,
-            cwd: request.cwd,
-            account: request.account,
-            cgroup_procs: request
-                .cgroup_procs
-                .iter()
-                .map(|path| path.as_os_str().as_encoded_bytes().to_vec())
-                .collect(),
-        };
         let reply = self
             .ask(Ask::Spawn(spawn), &[stdout, stderr])
             .await
@@ -222,7 +198,7 @@ fn unexpected(reply: &Reply) -> io::Error {
 }
 
 impl Connection {
-    async fn start(program: &PathBuf, args: &[String]) -> io::Result<Self> {
+    async fn start(program: &Path, args: &[String]) -> io::Result<Self> {
         use rustix::net::{AddressFamily, SocketFlags, SocketType};
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
