@@ -8,7 +8,9 @@
 //! take any part of a response it has stopped reading. Once the drain has begun, whatever
 //! still waits on a client — a head, a body, the rest of a response — gets the close grace and
 //! no more; only a handler's own work can hold a connection longer, and the drain timeout
-//! bounds that.
+//! bounds that. A connection closed while its client is still sending (a body answered 413
+//! before it was read) lingers up to 2 s, taking and dropping what the client sends, so that
+//! the client reads its answer instead of a reset.
 //!
 //! hyper 1.x has a header-read timeout, but its timer also runs while a kept-alive connection
 //! waits for its next request (it restarts each time the connection goes idle), so it cannot
@@ -114,6 +116,8 @@ pub async fn serve_connection<S>(
     let watched = Watched {
         inner: io,
         activity: activity.clone(),
+        read_closed: false,
+        lingering: None,
     };
     let connection = builder.serve_connection(TokioIo::new(watched), service);
     tokio::pin!(connection);
@@ -331,10 +335,45 @@ impl Drop for InFlight {
     }
 }
 
+/// How long a closing connection goes on taking what its client still sends (see
+/// [`Watched::poll_shutdown`]).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How many reads one poll of a lingering close makes before it lets other tasks run.
+const LINGER_READS_PER_POLL: usize = 16;
+
 /// A connection's socket (plain or TLS), reporting to its [`Activity`].
 struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// A read has found the end of what the client sends.
+    read_closed: bool,
+    /// Once our side is shut down and the client may still be sending: when we stop taking it.
+    lingering: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S: AsyncRead + Unpin> Watched<S> {
+    /// Reads and drops what the client still sends, until it closes its side, the read
+    /// fails, or [`LINGER`] is over.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(over) = self.lingering.as_mut() else {
+            return Poll::Ready(());
+        };
+        for _ in 0..LINGER_READS_PER_POLL {
+            if over.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            let mut sink = [0; 8192];
+            let mut sink = ReadBuf::new(&mut sink);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut sink) {
+                Poll::Ready(Ok(())) if !sink.filled().is_empty() => {}
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -344,16 +383,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
+        let (before, room) = (buf.filled().len(), buf.remaining());
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.read_some();
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            if buf.filled().len() > before {
+                this.activity.read_some();
+            } else if room > 0 {
+                this.read_closed = true;
+            }
         }
         polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -387,8 +430,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         polled
     }
 
+    /// Shuts our side down (over TLS, with its close_notify), then lingers: a connection
+    /// hyper closes while the client is still sending (a body past the route's limit,
+    /// answered 413 before it was read) would otherwise be closed with unread bytes, and the
+    /// kernel answers those with a reset that can destroy the answer before the client reads
+    /// it. So what the client still sends is read and dropped until it closes its side, for
+    /// [`LINGER`] at most; memory stays one buffer on the stack.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.lingering.is_none() {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            if this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            this.lingering = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        this.poll_linger(cx).map(Ok)
     }
 }
 
