@@ -31,8 +31,21 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(100);
 /// The longest a worker waits between tries while the database fails.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+/// How long a job runs before its pid is recorded, so that recovery after a crash can kill
+/// its process group. Containment (its cgroup, or its marker) finds a crashed warden's
+/// leftovers without the record, which is one more line of defence: a job that ends sooner,
+/// as most short ones do, costs no write for it.
+const RECORD_AFTER: Duration = Duration::from_millis(20);
 /// The worker's write path, as `/healthz` names it.
 const WORKER_PATH: &str = "job status";
+
+/// Resolves at `at`, or never.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// A job that is running, or that someone follows.
 struct LiveJob {
@@ -110,12 +123,14 @@ impl Drop for Following {
 }
 
 /// Why a job's process ended before it exited by itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Cut {
     Stopped,
     ShutDown,
     /// It ran out its timeout.
     TimedOut(Duration),
+    /// Its pid could not be recorded, so it was not left to run.
+    Unrecorded(StorageFault),
 }
 
 /// Runs jobs; clone freely.
@@ -342,15 +357,6 @@ impl Runner {
             Ok(spawned) => spawned,
             Err(error) => return Ending::failed(error.to_string(), false),
         };
-        if let Err(fault) = self.record_process(job.seq, process.pid()).await {
-            // Unrecorded, the process could not be found again after a crash: do not run it.
-            process.finish().await;
-            return Ending::failed(
-                format!("could not record the job's process: {fault}"),
-                false,
-            );
-        }
-
         let mut output = tokio::spawn(output::pump(
             Some(stdout),
             Some(stderr),
@@ -361,29 +367,52 @@ impl Runner {
         ));
         let grace = self.settings.stop_grace;
         let limits = job.limits();
+        // The timeout counts from the start, whatever happens before the wait below.
+        let deadline = limits
+            .timeout()
+            .map(|timeout| (tokio::time::Instant::now() + timeout, timeout));
         let timed_out = async {
-            match limits.timeout() {
-                Some(timeout) => {
-                    tokio::time::sleep(timeout).await;
+            match deadline {
+                Some((at, timeout)) => {
+                    tokio::time::sleep_until(at).await;
                     timeout
                 }
                 None => std::future::pending().await,
             }
         };
-        let cut = tokio::select! {
-            () = process.exited() => None,
-            () = stop.cancelled() => {
-                process.terminate(grace).await;
-                Some(Cut::Stopped)
-            }
-            () = shutdown.cancelled() => {
-                process.terminate(grace).await;
-                Some(Cut::ShutDown)
-            }
-            timeout = timed_out => {
+        // Its pid is recorded once it has run a little (see `RECORD_AFTER`).
+        let done_early = tokio::select! {
+            () = process.exited() => true,
+            () = stop.cancelled() => true,
+            () = shutdown.cancelled() => true,
+            () = sleep_until(deadline.map(|(at, _)| at)) => true,
+            () = tokio::time::sleep(RECORD_AFTER) => false,
+        };
+        let unrecorded = if done_early {
+            None
+        } else {
+            self.record_process(job.seq, process.pid()).await.err()
+        };
+        let cut = match unrecorded {
+            Some(fault) => {
                 process.kill_all();
-                Some(Cut::TimedOut(timeout))
+                Some(Cut::Unrecorded(fault))
             }
+            None => tokio::select! {
+                () = process.exited() => None,
+                () = stop.cancelled() => {
+                    process.terminate(grace).await;
+                    Some(Cut::Stopped)
+                }
+                () = shutdown.cancelled() => {
+                    process.terminate(grace).await;
+                    Some(Cut::ShutDown)
+                }
+                timeout = timed_out => {
+                    process.kill_all();
+                    Some(Cut::TimedOut(timeout))
+                }
+            },
         };
         // Whatever the job left running goes with it, before the leader is reaped.
         let Finished { status, hits } = process.finish().await;
@@ -405,6 +434,10 @@ impl Runner {
         match (cut, status) {
             (Some(Cut::Stopped), _) => Ending::stopped(exit_code, signal, truncated),
             (Some(Cut::ShutDown), _) => Ending::interrupted(exit_code, signal, truncated),
+            (Some(Cut::Unrecorded(fault)), _) => Ending::failed(
+                format!("could not record the job's process: {fault}"),
+                truncated,
+            ),
             (Some(Cut::TimedOut(timeout)), _) => Ending::limited(
                 exit_code,
                 signal,

@@ -224,16 +224,30 @@ async fn a_database_locked_by_another_process_answers_503_and_the_next_batch_com
     let blocker = blocker["id"].as_str().unwrap().to_owned();
     let (_, next) = call(jobs(Method::POST, "/jobs").json(&json!({"command": "true"}))).await;
     let next = next["id"].as_str().unwrap().to_owned();
-    // Its output flows once its process is recorded (the lock below would fail that).
+    // It runs, and has run long enough for its process to be recorded (the lock below would
+    // fail that).
     let mut output = jobs(Method::GET, &format!("/jobs/{blocker}/output?follow=true"))
         .send()
         .await
         .unwrap();
     helpers::read_until(&mut output, "up").await;
-
-    // Another process (a sqlite3 shell, a backup) takes the write lock and keeps it.
     let options = SqliteConnectOptions::new().filename(app.dir.path().join("warden.db"));
     let mut other = SqliteConnection::connect_with(&options).await.unwrap();
+    eventually(
+        "the blocker's process is recorded",
+        Duration::from_secs(30),
+        async || {
+            let recorded: Option<i64> = sqlx::query_scalar("SELECT pid FROM jobs WHERE id = ?")
+                .bind(&blocker)
+                .fetch_one(&mut other)
+                .await
+                .unwrap();
+            recorded.map(|_| ())
+        },
+    )
+    .await;
+
+    // Another process (a sqlite3 shell, a backup) takes the write lock and keeps it.
     sqlx::raw_sql("BEGIN IMMEDIATE")
         .execute(&mut other)
         .await
