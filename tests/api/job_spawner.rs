@@ -79,7 +79,7 @@ async fn jobs_whose_spawner_died_still_end_and_their_status_says_what_was_lost()
     let alice = User::new(&app, "alice", Role::User).await;
     let gate = app.work.path().join("end-now");
     let script = format!(
-        "echo up; while [ ! -e '{}' ]; do sleep 0.01; done",
+        "echo up; while [ ! -e '{}' ]; do sleep 0.01; done; exit 3",
         gate.display()
     );
     let ends = alice.start("sh", &["-c", &script]).await;
@@ -91,19 +91,17 @@ async fn jobs_whose_spawner_died_still_end_and_their_status_says_what_was_lost()
     let killed = kill_the_spawner(&app);
     wait_until_gone(&killed).await;
 
-    // One ends by itself: it is waited for all the same, through its pidfd, and its exit
-    // status, which only the dead spawner could have collected, is said to be lost.
+    // One ends by itself: it is waited for all the same, through its pidfd.
     std::fs::write(&gate, b"").unwrap();
     alice.wait(&ends).await;
     let job = alice.job(&ends).await;
+    // Its exit status is read from its zombie while that lasts (whoever adopted it may be
+    // slow to reap it); once it is gone, the status is said to be lost, never made up.
     assert_eq!(job["status"], "failed", "{job}");
-    assert!(
-        job["error"]
-            .as_str()
-            .unwrap()
-            .contains("lost with the job spawner"),
-        "{job}"
-    );
+    let lost = job["error"]
+        .as_str()
+        .is_some_and(|error| error.contains("lost with the job spawner"));
+    assert!(lost || job["exitCode"] == 3, "{job}");
     // The other is stopped, whole.
     let (status, _) = alice
         .call(Method::POST, &format!("/jobs/{stopped}/stop"), None)

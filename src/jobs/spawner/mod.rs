@@ -1,6 +1,8 @@
 //! warden's job spawner: a small process of its own (`warden job-spawner`, see [`serve`])
 //! that forks every job's process, because a fork of warden itself costs much of the jobs
-//! rate (see that module), and reaps each one when warden asks.
+//! rate (see that module), and reaps each one when warden says so: asked for its status, or
+//! told to [`Spawner::forget`] it once warden has read the status from its zombie (see
+//! [`crate::jobs::process`]).
 //!
 //! warden holds one [`Spawner`]: one request at a time on one socket pair, each answered
 //! within [`REPLY_TIMEOUT`]. A spawner that ends, or stops answering, is killed and started
@@ -127,8 +129,8 @@ impl Spawner {
         }
     }
 
-    /// Leaves leader `pid` (killed, or being killed) for the spawner to reap at its next
-    /// request: nothing waits for its status.
+    /// Leaves leader `pid` (killed, or being killed, or exited with its status read) for the
+    /// spawner to reap at its next request: nothing waits for its status.
     pub fn forget(&self, pid: i32) {
         self.forgotten
             .lock()
