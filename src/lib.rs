@@ -13,7 +13,8 @@
 //!   runs and the layers they share (`supervisor/listeners.rs`), with the request ids they
 //!   keep or make (`supervisor/request_ids.rs`); each connection's
 //!   timeouts and its share of the drain (`supervisor/connections.rs`, with the body-read
-//!   deadline in `supervisor/deadline.rs`); warnings held to one line per interval
+//!   deadline in `supervisor/deadline.rs` and its socket, watched and closed with a linger,
+//!   in `supervisor/socket.rs`); warnings held to one line per interval
 //!   (`supervisor/reports.rs`); what is taken from the host at start: TLS files or the dev
 //!   PKI, the volume's free space, the open-file limit (`supervisor/host.rs`); each
 //!   listener's OpenAPI document, from the routes it serves (`supervisor/openapi.rs`).

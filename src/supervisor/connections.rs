@@ -10,7 +10,7 @@
 //! no more; only a handler's own work can hold a connection longer, and the drain timeout
 //! bounds that. A connection closed while its client is still sending (a body answered 413
 //! before it was read) lingers up to 2 s, taking and dropping what the client sends, so that
-//! the client reads its answer instead of a reset.
+//! the client reads its answer instead of a reset (`socket.rs`).
 //!
 //! hyper 1.x has a header-read timeout, but its timer also runs while a kept-alive connection
 //! waits for its next request (it restarts each time the connection goes idle), so it cannot
@@ -21,7 +21,6 @@
 //! applies.
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -37,13 +36,14 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use super::deadline::{BodyDeadline, DeadlineBody};
+use super::socket::Watched;
 use crate::security::tls::ClientIdentity;
 
 /// What a listener holds its connections to.
@@ -113,12 +113,7 @@ pub async fn serve_connection<S>(
     // header timeout (see the module docs); `Activity` keeps both deadlines instead.
     let mut builder = http1::Builder::new();
     builder.header_read_timeout(None);
-    let watched = Watched {
-        inner: io,
-        activity: activity.clone(),
-        read_closed: false,
-        lingering: None,
-    };
+    let watched = Watched::new(io, activity.clone());
     let connection = builder.serve_connection(TokioIo::new(watched), service);
     tokio::pin!(connection);
 
@@ -194,7 +189,7 @@ impl Closed {
 
 /// What one connection has been doing, as its socket and its requests report it.
 #[derive(Debug)]
-struct Activity {
+pub(super) struct Activity {
     state: Mutex<ActivityState>,
     /// Wakes the connection's task when a deadline may have come closer.
     changed: Notify,
@@ -264,7 +259,7 @@ impl Activity {
     }
 
     /// Bytes arrived: between requests, they begin the next head.
-    fn read_some(&self) {
+    pub(super) fn read_some(&self) {
         let mut state = self.state();
         if state.handling == 0 && state.responding == 0 && state.head_since.is_none() {
             state.head_since = Some(Instant::now());
@@ -274,7 +269,7 @@ impl Activity {
     }
 
     /// A write went through (`true`) or waits for the client to take bytes (`false`).
-    fn wrote(&self, went_through: bool) {
+    pub(super) fn wrote(&self, went_through: bool) {
         let mut state = self.state();
         if went_through {
             state.stalled_since = None;
@@ -332,120 +327,6 @@ impl Drop for InFlight {
         state.quiet_since = Instant::now();
         drop(state);
         self.activity.changed.notify_one();
-    }
-}
-
-/// How long a closing connection goes on taking what its client still sends (see
-/// [`Watched::poll_shutdown`]).
-const LINGER: Duration = Duration::from_secs(2);
-
-/// How many reads one poll of a lingering close makes before it lets other tasks run.
-const LINGER_READS_PER_POLL: usize = 16;
-
-/// A connection's socket (plain or TLS), reporting to its [`Activity`].
-struct Watched<S> {
-    inner: S,
-    activity: Arc<Activity>,
-    /// A read has found the end of what the client sends.
-    read_closed: bool,
-    /// Once our side is shut down and the client may still be sending: when we stop taking it.
-    lingering: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S: AsyncRead + Unpin> Watched<S> {
-    /// Reads and drops what the client still sends, until it closes its side, the read
-    /// fails, or [`LINGER`] is over.
-    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(over) = self.lingering.as_mut() else {
-            return Poll::Ready(());
-        };
-        for _ in 0..LINGER_READS_PER_POLL {
-            if over.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            let mut sink = [0; 8192];
-            let mut sink = ReadBuf::new(&mut sink);
-            match Pin::new(&mut self.inner).poll_read(cx, &mut sink) {
-                Poll::Ready(Ok(())) if !sink.filled().is_empty() => {}
-                Poll::Ready(_) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let (before, room) = (buf.filled().len(), buf.remaining());
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) {
-            if buf.filled().len() > before {
-                this.activity.read_some();
-            } else if room > 0 {
-                this.read_closed = true;
-            }
-        }
-        polled
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.activity.wrote(polled.is_ready());
-        polled
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.activity.wrote(polled.is_ready());
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_flush(cx);
-        this.activity.wrote(polled.is_ready());
-        polled
-    }
-
-    /// Shuts our side down (over TLS, with its close_notify), then lingers: a connection
-    /// hyper closes while the client is still sending (a body past the route's limit,
-    /// answered 413 before it was read) would otherwise be closed with unread bytes, and the
-    /// kernel answers those with a reset that can destroy the answer before the client reads
-    /// it. So what the client still sends is read and dropped until it closes its side, for
-    /// [`LINGER`] at most; memory stays one buffer on the stack.
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.lingering.is_none() {
-            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
-            if this.read_closed {
-                return Poll::Ready(Ok(()));
-            }
-            this.lingering = Some(Box::pin(tokio::time::sleep(LINGER)));
-        }
-        this.poll_linger(cx).map(Ok)
     }
 }
 

@@ -19,6 +19,7 @@ mod listeners;
 pub mod openapi;
 mod reports;
 mod request_ids;
+mod socket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
