@@ -347,19 +347,28 @@ pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_zombies_exit_status_is_read_only_from_the_very_process() {
-        use std::process::Command;
-        let mut child = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+    /// Runs `sh -c script` and waits until its zombie's status can be read: the child, its
+    /// pid and start time, and that status.
+    fn zombie_of(script: &str) -> (std::process::Child, i32, Option<i64>, ExitStatus) {
+        let child = std::process::Command::new("sh")
+            .args(["-c", script])
+            .spawn()
+            .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
         let started = process_start_ticks(pid);
-        // It exits; it stays a zombie until it is waited for.
+        // It stays a zombie until it is waited for.
         let status = (0..1000)
             .find_map(|_| {
                 std::thread::sleep(Duration::from_millis(2));
                 zombie_status(pid, started)
             })
             .expect("the zombie's status within 2 s");
+        (child, pid, started, status)
+    }
+
+    #[test]
+    fn a_zombies_exit_status_is_read_only_from_the_very_process() {
+        let (mut child, pid, started, status) = zombie_of("exit 7");
         assert_eq!(status.code(), Some(7));
         // Not when it started at another time (another process on a reused pid), nor
         // without a start time.
@@ -368,19 +377,8 @@ mod tests {
         // Nor once it is reaped.
         assert_eq!(child.wait().unwrap().code(), Some(7));
         assert!(zombie_status(pid, started).is_none());
-        // A process killed by a signal.
-        let mut child = Command::new("sh")
-            .args(["-c", "kill -9 $$"])
-            .spawn()
-            .unwrap();
-        let pid = i32::try_from(child.id()).unwrap();
-        let started = process_start_ticks(pid);
-        let status = (0..1000)
-            .find_map(|_| {
-                std::thread::sleep(Duration::from_millis(2));
-                zombie_status(pid, started)
-            })
-            .expect("the zombie's status within 2 s");
+
+        let (mut child, _, _, status) = zombie_of("kill -9 $$");
         assert_eq!(status.signal(), Some(9));
         child.wait().unwrap();
     }
