@@ -339,6 +339,14 @@ async fn the_queued_counts_survive_a_restart() {
     let bob = User::new(&app, "bob", Role::User).await;
     let held = queue(&bob, &workspace, "held", Some("never")).await;
     wait_running(&bob, &held).await;
+    // Its process has begun too (the stop below would otherwise cut it before its first
+    // line).
+    eventually(
+        "the held job logs its start",
+        Duration::from_secs(30),
+        async || (workspace.started() == ["held"]).then_some(()),
+    )
+    .await;
     let mut waiting = Vec::new();
     for n in 0..3 {
         waiting.push(queue(&bob, &workspace, &format!("bob-{n}"), Some("go")).await);

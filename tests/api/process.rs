@@ -79,8 +79,9 @@ async fn sigterm_drains_and_exits_0_and_a_repeat_is_harmless() {
             .status()
             .await;
     }
-    assert_eq!(warden.exit_code().await, Some(0));
+    let code = warden.exit_code().await;
     let log = warden.log.lock().unwrap().join("\n");
+    assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("stopped cleanly"), "{log}");
     // The WAL was checkpointed into the database file.
     let wal = dir.path().join("warden.db-wal");
