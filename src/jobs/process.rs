@@ -177,6 +177,14 @@ impl JobProcess {
         self.pid
     }
 
+    /// Where to find the leader again after a crash of warden.
+    pub fn mark(&self) -> ProcessMark {
+        ProcessMark {
+            boot_id: current_boot_id(),
+            start_ticks: self.start_ticks,
+        }
+    }
+
     /// Waits for the leader to exit, without reaping it.
     pub async fn exited(&self) {
         // An error here would be the runtime's; the reap in `finish` then waits instead.
@@ -291,16 +299,6 @@ pub struct ProcessMark {
     pub start_ticks: Option<i64>,
 }
 
-impl ProcessMark {
-    /// The mark of live process `pid`.
-    pub fn of(pid: i32) -> Self {
-        Self {
-            boot_id: current_boot_id(),
-            start_ticks: process_start_ticks(pid),
-        }
-    }
-}
-
 /// Kills what is left of the process group of a job a previous warden ran, if it can only be
 /// that job's: same boot, and a leader that is either gone or the very same process (its start
 /// time matches). Returns whether a group was signalled.
@@ -387,7 +385,8 @@ mod tests {
     fn our_own_start_time_is_readable() {
         let me = i32::try_from(std::process::id()).unwrap();
         assert!(process_start_ticks(me).is_some());
-        assert_eq!(ProcessMark::of(me), ProcessMark::of(me));
-        assert!(ProcessMark::of(me).boot_id.is_some());
+        assert_eq!(process_start_ticks(me), process_start_ticks(me));
+        assert!(current_boot_id().is_some());
+        assert_eq!(current_boot_id(), current_boot_id());
     }
 }

@@ -39,14 +39,6 @@ const RECORD_AFTER: Duration = Duration::from_millis(20);
 /// The worker's write path, as `/healthz` names it.
 const WORKER_PATH: &str = "job status";
 
-/// Resolves at `at`, or never.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// A job that is running, or that someone follows.
 struct LiveJob {
     progress: watch::Sender<Progress>,
@@ -380,18 +372,23 @@ impl Runner {
                 None => std::future::pending().await,
             }
         };
-        // Its pid is recorded once it has run a little (see `RECORD_AFTER`).
-        let done_early = tokio::select! {
-            () = process.exited() => true,
-            () = stop.cancelled() => true,
-            () = shutdown.cancelled() => true,
-            () = sleep_until(deadline.map(|(at, _)| at)) => true,
-            () = tokio::time::sleep(RECORD_AFTER) => false,
+        // Its pid is recorded once it has run a little (see `RECORD_AFTER`), unless its
+        // timeout comes first.
+        let record_at = tokio::time::Instant::now() + RECORD_AFTER;
+        let (wake_at, then_record) = match deadline {
+            Some((at, _)) if at <= record_at => (at, false),
+            _ => (record_at, true),
         };
-        let unrecorded = if done_early {
-            None
+        let record = tokio::select! {
+            () = process.exited() => false,
+            () = stop.cancelled() => false,
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep_until(wake_at) => then_record,
+        };
+        let unrecorded = if record {
+            self.record_process(job.seq, &process).await.err()
         } else {
-            self.record_process(job.seq, process.pid()).await.err()
+            None
         };
         let cut = match unrecorded {
             Some(fault) => {
@@ -454,8 +451,8 @@ impl Runner {
         }
     }
 
-    async fn record_process(&self, seq: i64, pid: i32) -> Result<(), StorageFault> {
-        let mark = ProcessMark::of(pid);
+    async fn record_process(&self, seq: i64, process: &JobProcess) -> Result<(), StorageFault> {
+        let (pid, mark) = (process.pid(), process.mark());
         let mut conn = self.db.write_connection().await?;
         store::record_process(
             &mut conn,
