@@ -44,6 +44,7 @@
 //!   record (`job.rs`); SQL of jobs (`store/mod.rs`), of queueing them within
 //!   `--max-queued-per-user` (`store/queue.rs`), of their output (`store/output.rs`)
 //!   and of deleting them (`store/deletion.rs`); workers, claims and recovery (`runner.rs`);
+//!   the running and followed jobs that followers and stops reach (`live.rs`);
 //!   spawning a job's process into its confinement, signalling it by pidfd or unreaped
 //!   group, and killing all of it (`process.rs`); the job spawner, a small process of its
 //!   own that forks each job (`spawner/mod.rs` warden's side, `spawner/serve.rs` the

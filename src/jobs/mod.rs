@@ -11,6 +11,7 @@ pub mod client;
 mod gauges;
 mod job;
 mod listing;
+mod live;
 mod output;
 mod process;
 mod retention;

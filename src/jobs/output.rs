@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::runner::Following;
+use super::live::Following;
 use super::store::{self, AppendOutput, OutputChunk, Stored};
 use crate::db::Writer;
 

@@ -1,20 +1,20 @@
 //! The runner: workers claim queued jobs, run each one's process to its end, and record how
-//! it ended; recovery after a crash; the live jobs that followers and stops reach.
+//! it ended; recovery after a crash. The live jobs that followers and stops reach are in
+//! [`super::live`].
 //!
 //! Invariants: a job is claimed by one guarded `UPDATE` (no job runs twice); no lock or
-//! transaction is held while waiting for a process; a job's live entry exists while it runs
-//! or while someone follows it, and not after both have ended.
+//! transaction is held while waiting for a process.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::job::Ending;
-use super::output::{self, Progress};
+use super::live::{Following, LiveJobs};
+use super::output;
 use super::process::{self, Finished, JobProcess, ProcessMark, Spawned};
 use super::sandbox::Sandbox;
 use super::store::{self, AppendOutput, JobRow};
@@ -38,81 +38,6 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
 const RECORD_AFTER: Duration = Duration::from_millis(20);
 /// The worker's write path, as `/healthz` names it.
 const WORKER_PATH: &str = "job status";
-
-/// A job that is running, or that someone follows.
-struct LiveJob {
-    progress: watch::Sender<Progress>,
-    stop: CancellationToken,
-    /// A worker runs it: its entry stays until the worker has recorded its end.
-    running: bool,
-}
-
-impl LiveJob {
-    fn new() -> Self {
-        Self {
-            progress: watch::Sender::new(Progress::default()),
-            stop: CancellationToken::new(),
-            running: false,
-        }
-    }
-}
-
-/// The live jobs by `seq`.
-#[derive(Clone, Default)]
-struct LiveJobs(Arc<Mutex<HashMap<i64, LiveJob>>>);
-
-impl LiveJobs {
-    /// Runs `with` on job `seq`'s entry, making one if there is none.
-    fn with<T>(&self, seq: i64, with: impl FnOnce(&mut LiveJob) -> T) -> T {
-        // Every change to the map is a single insert or remove: a panic elsewhere cannot
-        // leave it half-written, so a poisoned lock is still sound to use.
-        let mut live = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        with(live.entry(seq).or_insert_with(LiveJob::new))
-    }
-
-    /// Removes job `seq`'s entry and tells its followers that it has ended.
-    fn end(&self, seq: i64) {
-        let entry = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&seq);
-        if let Some(entry) = entry {
-            entry
-                .progress
-                .send_modify(|progress| progress.finished = true);
-        }
-    }
-}
-
-/// A follower of one job: woken as its output is committed and when it ends. Dropping it
-/// forgets the job's live entry once nobody follows it and no worker runs it.
-pub struct Following {
-    progress: watch::Receiver<Progress>,
-    seq: i64,
-    live: LiveJobs,
-}
-
-impl Following {
-    /// The job's progress.
-    pub fn progress(&mut self) -> &mut watch::Receiver<Progress> {
-        &mut self.progress
-    }
-}
-
-impl Drop for Following {
-    fn drop(&mut self) {
-        // Followers subscribe and leave only under the map's lock, so a count of one is this
-        // follower's own receiver, about to go with it: nobody else follows the job.
-        let mut live = self.live.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if live
-            .get(&self.seq)
-            .is_some_and(|job| !job.running && job.progress.receiver_count() <= 1)
-        {
-            live.remove(&self.seq);
-        }
-    }
-}
 
 /// Why a job's process ended before it exited by itself.
 #[derive(Debug)]
@@ -203,11 +128,7 @@ impl Runner {
     /// Follows job `seq`. Call before reading the job's state, then read it: an update after
     /// that read always wakes the follower.
     pub fn follow(&self, seq: i64) -> Following {
-        Following {
-            progress: self.live.with(seq, |job| job.progress.subscribe()),
-            seq,
-            live: self.live.clone(),
-        }
+        self.live.follow(seq)
     }
 
     /// Tells followers of a job that ended without running (stopped while queued) that it
