@@ -22,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::clock::millis;
-use crate::db::{Ailment, StorageHealth};
+use crate::db::{Ailment, SharedDatabase, StorageHealth};
 use crate::error::{Error, Result};
 use crate::http::PathParams;
 use crate::jobs::sandbox::{Sandbox, SandboxReport};
@@ -63,6 +63,8 @@ pub struct Admin {
     pub started: Instant,
     pub services: ServiceBoard,
     pub storage: StorageHealth,
+    /// The Postgres of the hash service and the registry, when `--database` names one.
+    pub shared: Option<SharedDatabase>,
     pub shutdown: CancellationToken,
     /// Every listener's OpenAPI document, as JSON.
     pub documents: Arc<BTreeMap<Api, Bytes>>,
@@ -107,6 +109,60 @@ enum Storage {
     Failing { failing: Vec<Ailment> },
 }
 
+/// Where the hash service's and the registry's state is, and whether it answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase", tag = "engine")]
+enum DatabaseHealth {
+    /// This node's SQLite file (its write paths are under `storage`).
+    Sqlite,
+    /// The Postgres that nodes share.
+    Postgres(SharedHealth),
+}
+
+/// Whether the shared database answered a round trip just now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SharedHealth {
+    /// Whether it answered within a second.
+    reachable: bool,
+    /// How long the round trip took, in microseconds (when it answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    round_trip_us: Option<u64>,
+    /// Why it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// How long `/healthz` waits for the shared database.
+const PING_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl DatabaseHealth {
+    async fn of(shared: Option<&SharedDatabase>) -> Self {
+        let Some(shared) = shared else {
+            return Self::Sqlite;
+        };
+        Self::Postgres(match shared.ping(PING_WITHIN).await {
+            Ok(took) => SharedHealth {
+                reachable: true,
+                round_trip_us: Some(u64::try_from(took.as_micros()).unwrap_or(u64::MAX)),
+                reason: None,
+            },
+            Err(fault) => SharedHealth {
+                reachable: false,
+                round_trip_us: None,
+                reason: Some(fault.to_string()),
+            },
+        })
+    }
+
+    fn is_well(&self) -> bool {
+        match self {
+            Self::Sqlite => true,
+            Self::Postgres(shared) => shared.reachable,
+        }
+    }
+}
+
 /// The body of `GET /healthz`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -119,30 +175,37 @@ struct Health {
     /// Each enabled service's state, by name.
     services: BTreeMap<&'static str, ServiceState>,
     storage: Storage,
+    /// Where the hash service's and the registry's state is kept.
+    database: DatabaseHealth,
     /// How jobs are isolated on this host (absent when the job runner is not enabled).
     #[serde(skip_serializing_if = "Option::is_none")]
     jobs: Option<SandboxReport>,
 }
 
-/// `GET /healthz`: 200 while every enabled service is up and every write path commits; 503
-/// while draining or degraded (a service down, or writes failing: `storage` says which and
-/// why).
+/// `GET /healthz`: 200 while every enabled service is up, every write path commits and the
+/// shared database (if any) answers; 503 while draining or degraded (a service down, writes
+/// failing: `storage` says which and why; or the shared database unreachable: `database`).
+/// A load balancer's health check takes a node out on the 503.
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "admin",
     summary = "Whether warden is well",
     responses(
-        (status = 200, description = "Every enabled service is up and every write path commits", body = Health),
-        (status = 503, description = "warden is draining, or degraded: a service is down or writes fail", body = Health),
+        (status = 200, description = "Every enabled service is up, every write path commits and the shared database answers", body = Health),
+        (status = 503, description = "warden is draining, or degraded: a service is down, writes fail, or the shared database does not answer", body = Health),
     ),
 )]
 async fn healthz(State(admin): State<Admin>) -> (StatusCode, Json<Health>) {
     let services = admin.services.snapshot();
     let ailments = admin.storage.ailments();
+    let database = DatabaseHealth::of(admin.shared.as_ref()).await;
     let status = if admin.shutdown.is_cancelled() {
         Status::Draining
-    } else if services.values().all(|state| *state == ServiceState::Up) && ailments.is_empty() {
+    } else if services.values().all(|state| *state == ServiceState::Up)
+        && ailments.is_empty()
+        && database.is_well()
+    {
         Status::Ok
     } else {
         Status::Degraded
@@ -163,6 +226,7 @@ async fn healthz(State(admin): State<Admin>) -> (StatusCode, Json<Health>) {
         uptime_ms: millis(admin.started.elapsed()),
         services,
         storage,
+        database,
         jobs: admin.isolation.as_ref().map(|sandbox| sandbox.report()),
     };
     (code, Json(health))

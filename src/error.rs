@@ -93,7 +93,9 @@ impl Error {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::NotFound { retry_after, .. } => *retry_after,
-            Self::Storage(StorageFault::Busy) => Some(Duration::from_secs(1)),
+            Self::Storage(StorageFault::Busy | StorageFault::Unreachable) => {
+                Some(Duration::from_secs(1))
+            }
             Self::TooManyQueued { .. } => Some(QUEUE_FULL_RETRY_AFTER),
             _ => None,
         }
@@ -150,13 +152,16 @@ pub enum StorageFault {
     /// The writer of this write path has died; `/healthz` names it (503 until a restart).
     #[error("this kind of write cannot be stored until warden restarts")]
     WriterDied,
+    /// The shared database (Postgres) cannot be reached now (503, retry).
+    #[error("the database cannot be reached; try again")]
+    Unreachable,
     /// Any other database failure (500).
     #[error("the database failed; nothing was changed")]
     Failed,
 }
 
 impl StorageFault {
-    /// Classifies an sqlx error by SQLite's primary result code.
+    /// Classifies an sqlx error by SQLite's primary result code, or Postgres's SQLSTATE.
     pub fn of(error: &sqlx::Error) -> Self {
         const SQLITE_BUSY: i64 = 5;
         const SQLITE_LOCKED: i64 = 6;
@@ -164,6 +169,15 @@ impl StorageFault {
         match error {
             sqlx::Error::PoolTimedOut => Self::Busy,
             sqlx::Error::PoolClosed => Self::Stopped,
+            // Only a network engine fails on the socket: SQLite's I/O errors are result codes.
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Self::Unreachable,
+            sqlx::Error::Database(db)
+                if db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some() =>
+            {
+                Self::of_sqlstate(db.code().as_deref().unwrap_or(""))
+            }
             sqlx::Error::Database(db) => {
                 let code = db.code().and_then(|code| code.parse::<i64>().ok());
                 // Extended result codes keep the primary code in the low byte.
@@ -177,9 +191,26 @@ impl StorageFault {
         }
     }
 
+    /// Classifies a Postgres error by its SQLSTATE.
+    fn of_sqlstate(code: &str) -> Self {
+        match code {
+            // disk_full
+            "53100" => Self::Full,
+            // out of memory, too many connections, a statement timeout, a lock timeout, a
+            // serialization failure or a deadlock: the database is there but busy.
+            "53200" | "53300" | "57014" | "55P03" | "40001" | "40P01" => Self::Busy,
+            // the server shutting down, restarting, or not accepting connections yet
+            "57P01" | "57P02" | "57P03" => Self::Unreachable,
+            code if code.starts_with("08") => Self::Unreachable,
+            _ => Self::Failed,
+        }
+    }
+
     fn status(self) -> StatusCode {
         match self {
-            Self::Busy | Self::Stopped | Self::WriterDied => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy | Self::Stopped | Self::WriterDied | Self::Unreachable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Full => StatusCode::INSUFFICIENT_STORAGE,
             Self::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         }

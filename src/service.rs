@@ -8,14 +8,17 @@ use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::clock::Clock;
-use crate::db::Database;
+use crate::db::{Database, SharedDatabase};
 use crate::telemetry::Telemetry;
 
 /// What the supervisor hands every service it starts.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
-    /// The open database.
+    /// The node's own SQLite database.
     pub db: &'a Database,
+    /// The Postgres that many nodes share, when `--database` names one: the hash service
+    /// and the registry keep their state there instead.
+    pub shared: Option<&'a SharedDatabase>,
     /// Tracks every task a service spawns; the supervisor waits on it while draining.
     pub tasks: &'a TaskTracker,
     /// Cancelled when the drain begins; a service's loops end on it.

@@ -17,7 +17,7 @@ use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, DatabaseArgs};
 use crate::db::{Database, SyncMode, database_path, lock_data_dir};
 use crate::openapi::Api;
 use crate::security::pki::{DevPki, PkiError};
@@ -133,6 +133,9 @@ struct MigrateArgs {
     /// Directory of the database (`warden.db`).
     #[arg(long, env = "WARDEN_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    /// With `--database`, the shared Postgres is migrated instead (and only it).
+    #[command(flatten)]
+    database: DatabaseArgs,
 }
 
 /// Parses the command line, runs the command, and turns the outcome into an exit code.
@@ -158,7 +161,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(config) => runtime.block_on(serve(*config)),
-        Command::Migrate(args) => runtime.block_on(migrate(&args.data_dir)),
+        Command::Migrate(args) => runtime.block_on(migrate(&args)),
         Command::Token {
             action:
                 TokenAction::Issue {
@@ -301,7 +304,20 @@ async fn serve(config: Config) -> ExitCode {
     }
 }
 
-async fn migrate(data_dir: &Path) -> ExitCode {
+async fn migrate(args: &MigrateArgs) -> ExitCode {
+    if let Some(shared) = args.database.shared() {
+        return match crate::db::migrate_only(&shared).await {
+            Ok(()) => {
+                eprintln!("warden: the shared database is up to date");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("warden: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let data_dir = &args.data_dir;
     let migrated = async {
         let _lock = lock_data_dir(data_dir).map_err(|error| error.to_string())?;
         // Opening applies every pending migration; the sync mode does not matter here.

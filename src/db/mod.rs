@@ -17,6 +17,7 @@
 
 mod health;
 mod lock;
+mod postgres;
 mod sizes;
 mod writer;
 
@@ -35,6 +36,7 @@ use crate::error::StorageFault;
 use crate::telemetry::Telemetry;
 pub use health::{Ailment, StorageHealth};
 pub use lock::{DataDirLock, LockError, lock_data_dir};
+pub use postgres::{PgBatch, PgOpenError, PgSettings, SharedDatabase, migrate_only};
 pub use writer::{Batch, Writer};
 
 /// How long a connection waits for another process's lock before answering "busy", unless
@@ -199,11 +201,15 @@ impl Database {
         batch: B,
         tasks: &TaskTracker,
         telemetry: &Telemetry,
-    ) -> Writer<B> {
-        writer::start(
-            self.writes.clone(),
-            self.health.clone(),
+    ) -> Writer<B::Request, B::Reply> {
+        let commit = writer::OnSqlite {
+            writes: self.writes.clone(),
             batch,
+        };
+        writer::start(
+            commit,
+            writer::Placement::OwnThread,
+            self.health.clone(),
             tasks,
             telemetry,
         )

@@ -1,17 +1,24 @@
-//! The group-commit writer: a task on a thread of its own that takes every request waiting on
-//! its channel, writes them all in one atomic commit, and only then answers each caller.
+//! The group-commit writer: a task that takes every request waiting on its channel, writes
+//! them all in one atomic commit, and only then answers each caller.
 //!
-//! A caller that got an answer has its write on disk, under the `synchronous` setting chosen;
-//! a caller that got an error has nothing of its batch written, and the next batch starts on a
-//! clean connection (see [`super::WriteSide`]). A writer that stops while it is still needed
-//! is reported in the storage health, never hidden. Each batch's size and commit time are
-//! recorded under the batch's [`Batch::PATH`]; its queue depth is read at each scrape.
+//! A caller that got an answer has its write durable (on SQLite under the `synchronous`
+//! setting chosen; on Postgres once it has committed); a caller that got an error has nothing
+//! of its batch written, and the next batch starts on a clean connection (see
+//! [`super::WriteSide`]). A writer that stops while it is still needed is reported in the
+//! storage health, never hidden. Each batch's size and commit time are recorded under its
+//! [`Commit::PATH`]; its queue depth is read at each scrape.
+//!
+//! What a commit writes on is the [`Commit`]'s business: [`OnSqlite`] takes the one SQLite
+//! write connection for a [`Batch`], and `postgres.rs` takes a pooled connection for a
+//! [`super::PgBatch`]. So a service's writer has one type, [`Writer<Request, Reply>`], on
+//! either engine.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 use super::WriteSide;
 use super::health::StorageHealth;
@@ -24,7 +31,29 @@ pub(super) const MAX_BATCH: usize = 1024;
 /// How many requests may wait for the writer before callers wait to enqueue.
 pub(super) const QUEUE_DEPTH: usize = 8 * MAX_BATCH;
 
-/// One kind of write that a [`Writer`] applies in batches, e.g. "record these hashes".
+/// How a writer commits a batch of requests: the one step that differs by engine.
+pub trait Commit: Send + Sync + 'static {
+    /// The write path's name, as the storage health and the logs show it.
+    const PATH: &'static str;
+    type Request: Send + Sync + 'static;
+    type Reply: Send + 'static;
+
+    /// Writes all `requests` in one atomic, durable commit; one reply per request, in order.
+    /// On an error nothing of the batch may remain.
+    fn commit(
+        &self,
+        requests: &[Self::Request],
+    ) -> impl Future<Output = Result<Vec<Self::Reply>, StorageFault>> + Send;
+
+    /// Whether a batch that answered `replies` wrote anything: one that only refused its
+    /// requests tells nothing of whether writes succeed again.
+    fn wrote(_replies: &[Self::Reply]) -> bool {
+        true
+    }
+}
+
+/// One kind of write that a [`Writer`] applies in batches on SQLite, e.g. "record these
+/// hashes".
 pub trait Batch: Send + Sync + 'static {
     /// The write path's name, as the storage health and the logs show it.
     const PATH: &'static str;
@@ -51,13 +80,46 @@ pub trait Batch: Send + Sync + 'static {
     }
 }
 
-/// A handle to a writer task; clone it freely.
-#[derive(Debug)]
-pub struct Writer<B: Batch> {
-    queue: mpsc::Sender<Pending<B>>,
+/// A [`Batch`] on the SQLite write connection.
+pub(super) struct OnSqlite<B> {
+    pub(super) writes: Arc<Mutex<WriteSide>>,
+    pub(super) batch: B,
 }
 
-impl<B: Batch> Clone for Writer<B> {
+impl<B: Batch> Commit for OnSqlite<B> {
+    const PATH: &'static str = B::PATH;
+    type Request = B::Request;
+    type Reply = B::Reply;
+
+    async fn commit(&self, requests: &[B::Request]) -> Result<Vec<B::Reply>, StorageFault> {
+        let mut writes = self.writes.lock().await;
+        let conn = writes.clean().await?;
+        self.batch
+            .write(conn, requests)
+            .await
+            .map_err(|error| failed::<Self>(&error, requests.len()))
+    }
+
+    fn wrote(replies: &[B::Reply]) -> bool {
+        B::wrote(replies)
+    }
+}
+
+/// Logs a failed group commit of `C` and names its fault.
+pub(super) fn failed<C: Commit>(error: &sqlx::Error, requests: usize) -> StorageFault {
+    let fault = StorageFault::of(error);
+    tracing::error!(%error, path = C::PATH, requests, "group commit failed");
+    fault
+}
+
+/// A handle to a writer task that takes `Request`s and answers each with a `Reply`; clone it
+/// freely.
+#[derive(Debug)]
+pub struct Writer<Request, Reply> {
+    queue: mpsc::Sender<Pending<Request, Reply>>,
+}
+
+impl<Request, Reply> Clone for Writer<Request, Reply> {
     fn clone(&self) -> Self {
         Self {
             queue: self.queue.clone(),
@@ -65,20 +127,20 @@ impl<B: Batch> Clone for Writer<B> {
     }
 }
 
-struct Pending<B: Batch> {
-    request: B::Request,
-    reply: oneshot::Sender<Result<B::Reply, StorageFault>>,
+struct Pending<Request, Reply> {
+    request: Request,
+    reply: oneshot::Sender<Result<Reply, StorageFault>>,
 }
 
-impl<B: Batch> std::fmt::Debug for Pending<B> {
+impl<Request, Reply> std::fmt::Debug for Pending<Request, Reply> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Pending")
     }
 }
 
-impl<B: Batch> Writer<B> {
+impl<Request, Reply> Writer<Request, Reply> {
     /// Queues `request` and waits until the transaction holding it has committed.
-    pub async fn submit(&self, request: B::Request) -> Result<B::Reply, StorageFault> {
+    pub async fn submit(&self, request: Request) -> Result<Reply, StorageFault> {
         // A writer ends of its own accord only once every handle is gone, so while this one
         // exists a closed queue or an unanswered request means it died.
         let (reply, answer) = oneshot::channel();
@@ -90,17 +152,27 @@ impl<B: Batch> Writer<B> {
     }
 }
 
-/// Starts a writer for `batch` on a thread of its own, on the write side `writes`, with its
-/// metrics on `telemetry`.
-pub(super) fn start<B: Batch>(
-    writes: Arc<Mutex<WriteSide>>,
+/// Where a writer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// A thread of its own, with a runtime of its own: SQLite's serial step, whose round trips
+    /// to SQLite's thread must not wait in line behind request handlers.
+    OwnThread,
+    /// A task on the App's runtime: Postgres's connections belong to it.
+    Task,
+}
+
+/// Starts a writer that commits with `commit`, placed as `placement`, with its metrics on
+/// `telemetry`.
+pub(super) fn start<C: Commit>(
+    commit: C,
+    placement: Placement,
     health: StorageHealth,
-    batch: B,
-    tasks: &tokio_util::task::TaskTracker,
+    tasks: &TaskTracker,
     telemetry: &Telemetry,
-) -> Writer<B> {
+) -> Writer<C::Request, C::Reply> {
     let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
-    let metrics = WriterMetrics::new(telemetry, B::PATH);
+    let metrics = WriterMetrics::new(telemetry, C::PATH);
     // A weak handle: a scrape must not keep the writer from stopping once its users are gone.
     let waiting = queue.downgrade();
     let queue_depth = metrics.queue_depth.clone();
@@ -111,26 +183,40 @@ pub(super) fn start<B: Batch>(
         queue_depth.set(depth as f64);
         std::future::ready(())
     });
-    tasks.spawn_blocking(move || {
-        // Reports the writer dead unless it ends because every handle is gone (shutdown),
-        // whatever ends it: a runtime that cannot start, or a panic unwinding through here.
-        let mut watch = DeathWatch {
-            health: health.clone(),
-            path: B::PATH,
-            ended_normally: false,
-        };
-        match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => {
-                runtime.block_on(run(&writes, &health, &batch, &metrics, pending));
-                watch.ended_normally = true;
-            }
-            // Dropping `pending` here answers every caller with `StorageFault::Stopped`.
-            Err(error) => tracing::error!(%error, path = B::PATH, "cannot start a writer thread"),
+    // Reports the writer dead unless it ends because every handle is gone (shutdown),
+    // whatever ends it: a runtime that cannot start, or a panic unwinding through here.
+    let watch = DeathWatch {
+        health: health.clone(),
+        path: C::PATH,
+        ended_normally: false,
+    };
+    match placement {
+        Placement::OwnThread => {
+            tasks.spawn_blocking(move || {
+                let mut watch = watch;
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => {
+                        runtime.block_on(run(&commit, &health, &metrics, pending));
+                        watch.ended_normally = true;
+                    }
+                    // Dropping `pending` here answers every caller with `StorageFault::Stopped`.
+                    Err(error) => {
+                        tracing::error!(%error, path = C::PATH, "cannot start a writer thread");
+                    }
+                }
+            });
         }
-    });
+        Placement::Task => {
+            tasks.spawn(async move {
+                let mut watch = watch;
+                run(&commit, &health, &metrics, pending).await;
+                watch.ended_normally = true;
+            });
+        }
+    }
     Writer { queue }
 }
 
@@ -149,12 +235,11 @@ impl Drop for DeathWatch {
     }
 }
 
-async fn run<B: Batch>(
-    writes: &Mutex<WriteSide>,
+async fn run<C: Commit>(
+    commit: &C,
     health: &StorageHealth,
-    batch: &B,
     metrics: &WriterMetrics,
-    mut pending: mpsc::Receiver<Pending<B>>,
+    mut pending: mpsc::Receiver<Pending<C::Request, C::Reply>>,
 ) {
     let mut taken = Vec::with_capacity(MAX_BATCH);
     let mut requests = Vec::with_capacity(MAX_BATCH);
@@ -171,11 +256,11 @@ async fn run<B: Batch>(
                 reply
             })
             .collect();
-        let committed = commit(writes, batch, &requests).await;
+        let committed = checked(commit, &requests).await;
         metrics.commit_duration.record(started.elapsed());
         metrics.batch_size.record(size as f64);
-        if committed.as_ref().map_or(true, |replies| B::wrote(replies)) {
-            health.record(B::PATH, &committed);
+        if committed.as_ref().map_or(true, |replies| C::wrote(replies)) {
+            health.record(C::PATH, &committed);
         }
         match committed {
             Ok(answers) => {
@@ -194,21 +279,15 @@ async fn run<B: Batch>(
     }
 }
 
-async fn commit<B: Batch>(
-    writes: &Mutex<WriteSide>,
-    batch: &B,
-    requests: &[B::Request],
-) -> Result<Vec<B::Reply>, StorageFault> {
-    let mut writes = writes.lock().await;
-    let conn = writes.clean().await?;
-    let answers = batch.write(conn, requests).await.map_err(|error| {
-        let fault = StorageFault::of(&error);
-        tracing::error!(%error, path = B::PATH, requests = requests.len(), "group commit failed");
-        fault
-    })?;
+/// Commits `requests`, and fails the batch if it did not answer each one.
+async fn checked<C: Commit>(
+    commit: &C,
+    requests: &[C::Request],
+) -> Result<Vec<C::Reply>, StorageFault> {
+    let answers = commit.commit(requests).await?;
     if answers.len() != requests.len() {
         tracing::error!(
-            path = B::PATH,
+            path = C::PATH,
             requests = requests.len(),
             replies = answers.len(),
             "a batch gave the wrong number of replies"

@@ -21,26 +21,21 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 use sha2::{Digest, Sha512};
-use sqlx::SqlitePool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::clock::{Clock, millis};
 use crate::db::Writer;
 use crate::error::{Error, Result};
 use crate::http::PathParams;
 use crate::openapi::{BodyFaults, ErrorShape, ServerFaults, WriteFaults};
 use crate::service::{Context, Service};
-use store::{NewHash, RecordHashes};
+use store::{HashStore, NewHash, received_before_ms};
 
-/// The hash service's state: its writer, the read pool, the clock, the delay and the
-/// retention.
+/// The hash service's state: its writer, its store and the retention.
 #[derive(Clone, Debug)]
 pub struct Hashes {
-    writer: Writer<RecordHashes>,
-    reads: SqlitePool,
-    clock: Clock,
-    delay: Duration,
+    writer: Writer<NewHash, i64>,
+    store: HashStore,
     retention: Option<Duration>,
 }
 
@@ -63,10 +58,16 @@ impl Service for Hashes {
     /// Starts the service's writer and, with a retention, its purge job (both tracked by
     /// `context.tasks`; the purge stops when `context.shutdown` is cancelled).
     async fn start(context: Context<'_>, settings: HashSettings) -> Result<Self, Self::StartError> {
+        let store = match context.shared {
+            Some(shared) => HashStore::Postgres { db: shared.clone() },
+            None => HashStore::Sqlite {
+                db: context.db.clone(),
+                clock: context.clock.clone(),
+            },
+        };
         if let Some(retention) = settings.retention {
             retention::start(
-                context.db.clone(),
-                context.clock.clone(),
+                store.clone(),
                 retention,
                 settings.purge_every,
                 context.tasks,
@@ -74,12 +75,8 @@ impl Service for Hashes {
             );
         }
         Ok(Self {
-            writer: context
-                .db
-                .writer(RecordHashes, context.tasks, context.telemetry),
-            reads: context.db.reads.clone(),
-            clock: context.clock.clone(),
-            delay: settings.delay,
+            writer: store.writer(settings.delay, context.tasks, context.telemetry),
+            store,
             retention: settings.retention,
         })
     }
@@ -133,16 +130,7 @@ async fn create_hash(State(hashes): State<Hashes>, request: Request) -> Result<R
     let password = input::read_password(request).await?;
     let sha512 = STANDARD.encode(Sha512::digest(password.as_bytes()));
     drop(password);
-    let received_at_ms = hashes.clock.now_ms();
-    let id = hashes
-        .writer
-        .submit(NewHash {
-            sha512,
-            received_at_ms,
-            ready_at_ms: received_at_ms.saturating_add(millis(hashes.delay)),
-            arrived,
-        })
-        .await?;
+    let id = hashes.writer.submit(NewHash { sha512, arrived }).await?;
     let location = HeaderValue::from_str(&format!("/hash/{id}"))
         .map_err(|error| Error::Internal(error.to_string()))?;
     Ok((
@@ -187,19 +175,18 @@ async fn read_hash(
     PathParams(id): PathParams<String>,
 ) -> Result<Response> {
     let id = parse_id(&id)?;
-    let now = hashes.clock.now_ms();
     let hash = match id {
-        Some(id) => store::find(&hashes.reads, id).await?,
+        Some(id) => hashes.store.find(id).await?,
         None => None,
     };
     let Some(hash) = hash.filter(|hash| {
         hashes.retention.is_none_or(|retention| {
-            hash.received_at_ms >= retention::received_before_ms(retention, now)
+            hash.received_at_ms >= received_before_ms(retention, hash.read_at_ms)
         })
     }) else {
         return Err(Error::not_found("no hash has that id"));
     };
-    let wait_ms = hash.ready_at_ms.saturating_sub(now);
+    let wait_ms = hash.ready_at_ms.saturating_sub(hash.read_at_ms);
     if wait_ms > 0 {
         return Err(Error::NotFound {
             message: "that hash is not ready yet".into(),
@@ -240,7 +227,7 @@ struct Stats {
     ),
 )]
 async fn read_stats(State(hashes): State<Hashes>) -> Result<Json<Stats>> {
-    let totals = store::totals(&hashes.reads).await?;
+    let totals = hashes.store.totals().await?;
     let average = match totals.total {
         0 => 0,
         total => totals.handling_ns / total / 1_000,

@@ -21,23 +21,15 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::store;
-use crate::clock::{Clock, millis};
-use crate::db::Database;
+use super::store::HashStore;
 use crate::error::StorageFault;
 
 /// How many hashes one purge step examines: about a millisecond of write lock.
 const PURGE_CHUNK: i64 = 1_000;
 
-/// Hashes received before this instant are past `retention` at `now_ms`.
-pub fn received_before_ms(retention: Duration, now_ms: i64) -> i64 {
-    now_ms.saturating_sub(millis(retention))
-}
-
 /// Purges at once and then every `every` until `shutdown`, in a task `tasks` tracks.
 pub fn start(
-    db: Database,
-    clock: Clock,
+    store: HashStore,
     retention: Duration,
     every: Duration,
     tasks: &TaskTracker,
@@ -53,7 +45,7 @@ pub fn start(
                 () = shutdown.cancelled() => break,
                 _ = ticks.tick() => {}
             }
-            if let Err(fault) = purge_old_hashes(&db, &clock, retention, &shutdown).await {
+            if let Err(fault) = purge_old_hashes(&store, retention, &shutdown).await {
                 tracing::warn!(%fault, "purge of old hashes failed; will retry");
             }
         }
@@ -63,26 +55,16 @@ pub fn start(
 /// Deletes every hash past `retention`, a step at a time, stopping early on shutdown; returns
 /// how many it deleted.
 pub async fn purge_old_hashes(
-    db: &Database,
-    clock: &Clock,
+    store: &HashStore,
     retention: Duration,
     shutdown: &CancellationToken,
 ) -> Result<u64, StorageFault> {
-    let received_before = received_before_ms(retention, clock.now_ms());
     let mut purged = 0;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
-        let deleted = {
-            let mut conn = db.write_connection().await?;
-            store::purge_step(&mut conn, received_before, PURGE_CHUNK)
-                .await
-                .map_err(|error| {
-                    tracing::error!(%error, "hash purge: database error");
-                    StorageFault::of(&error)
-                })?
-        };
+        let deleted = store.purge_step(retention, PURGE_CHUNK).await?;
         purged += deleted;
         // Less than a whole chunk: the oldest hash left is one still kept.
         if deleted < PURGE_CHUNK.unsigned_abs() {

@@ -58,7 +58,7 @@ const STOP_SLACK: Duration = Duration::from_secs(10);
 pub struct Jobs {
     runner: Runner,
     /// Queues new jobs in group commits.
-    queue: Writer<QueueJobs>,
+    queue: Writer<NewJobRow, Result<JobRow, store::QueueFull>>,
     db: Database,
     keys: TokenKeys,
     clock: Clock,
@@ -80,12 +80,14 @@ impl Service for Jobs {
 
     /// Loads (or makes) the token key, recovers from the previous run and starts the workers.
     async fn start(context: Context<'_>, settings: JobSettings) -> Result<Self, StorageFault> {
+        // Jobs stay in this node's SQLite file, shared database or not.
         let Context {
             db,
             tasks,
             shutdown,
             clock,
             telemetry,
+            shared: _,
         } = context;
         let keys = TokenKeys::load_or_create(db, clock.now_ms()).await?;
         let (retention, purge_every, max_queued_per_user) = (

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::live::Following;
-use super::store::{self, AppendOutput, OutputChunk, Stored};
+use super::store::{self, OutputChunk, Stored};
 use crate::db::Writer;
 
 /// How much output one chunk holds at most.
@@ -85,7 +85,7 @@ pub async fn pump(
     stdout: Option<impl AsyncRead + Unpin + Send + 'static>,
     stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
     job_seq: i64,
-    writer: Writer<AppendOutput>,
+    writer: Writer<OutputChunk, Stored>,
     progress: watch::Sender<Progress>,
     limit: u64,
 ) -> PumpSummary {

@@ -54,7 +54,7 @@ enum Cut {
 #[derive(Clone)]
 pub struct Runner {
     db: Database,
-    writer: Writer<AppendOutput>,
+    writer: Writer<store::OutputChunk, store::Stored>,
     /// The writer's batch, to forget an ended job's lost output.
     output: AppendOutput,
     clock: Clock,

@@ -28,8 +28,8 @@ use utoipa::openapi::{RefOr, Required};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::clock::{Clock, millis};
-use crate::db::{Database, Writer};
+use crate::clock::millis;
+use crate::db::Writer;
 use crate::error::{Error, Result};
 use crate::http::{PathParams, read_body};
 use crate::openapi::{BodyFaults, ErrorShape, ServerFaults, WriteFaults};
@@ -37,7 +37,7 @@ use crate::service::{Context, Service};
 use crate::telemetry::REGISTRY_PURGED_INSTANCES;
 use input::{check_names, meta_of, meta_too_large};
 use listing::{GroupSummary, Listed, Listing, json_response};
-use store::{Heartbeat, Instance, RecordHeartbeats};
+use store::{Heartbeat, Instance, Registered, RegistryStore};
 
 /// The most a heartbeat body may weigh. More than [`META_LIMIT`]: the body may carry other
 /// keys beside `"meta"`, which are ignored, and whitespace and escapes that the stored meta
@@ -87,10 +87,8 @@ impl Liveness {
 /// The registry's state.
 #[derive(Clone, Debug)]
 pub struct Registry {
-    writer: Writer<RecordHeartbeats>,
-    db: Database,
-    clock: Clock,
-    liveness: Liveness,
+    writer: Writer<Heartbeat, Registered>,
+    store: RegistryStore,
 }
 
 /// The registry's settings.
@@ -112,41 +110,29 @@ impl Service for Registry {
     async fn start(context: Context<'_>, settings: RegistrySettings) -> Result<Self, StartError> {
         let Context {
             db,
+            shared,
             tasks,
             shutdown,
             clock,
             telemetry,
         } = context;
-        let liveness = Liveness {
-            ttl_ms: millis(settings.ttl),
-            started_ms: clock.now_ms(),
-            previous_alive_ms: store::last_alive(&db.reads).await?,
+        let ttl_ms = millis(settings.ttl);
+        let store = match shared {
+            Some(shared) => RegistryStore::on_postgres(shared, ttl_ms).await?,
+            None => RegistryStore::on_sqlite(db, clock, ttl_ms).await?,
         };
-        let writer = db.writer(
-            RecordHeartbeats {
-                clock: clock.clone(),
-                liveness,
-            },
-            tasks,
-            telemetry,
-        );
+        let writer = store.writer(tasks, telemetry);
         purge::start(
-            db.clone(),
-            clock.clone(),
-            liveness,
+            store.clone(),
+            settings.ttl,
             settings.purge_every,
             tasks,
             shutdown.clone(),
             telemetry.counter(REGISTRY_PURGED_INSTANCES, Vec::new()),
         )
         .await?;
-        gauges::report_live_instances(telemetry, db, clock, liveness);
-        Ok(Self {
-            writer,
-            db: db.clone(),
-            clock: clock.clone(),
-            liveness,
-        })
+        gauges::report_live_instances(telemetry, store.clone());
+        Ok(Self { writer, store })
     }
 
     fn routes() -> OpenApiRouter<Self> {
@@ -168,12 +154,6 @@ impl Service for Registry {
             body.required = Some(Required::False);
         }
         routes
-    }
-}
-
-impl Registry {
-    fn live_after(&self) -> i64 {
-        self.liveness.live_after(self.clock.now_ms())
     }
 }
 
@@ -248,7 +228,9 @@ async fn read_instance(
     PathParams((group, id)): PathParams<(String, String)>,
 ) -> Result<Json<Instance>> {
     check_names(&group, Some(&id))?;
-    store::find(&registry.db.reads, &group, &id, registry.live_after())
+    registry
+        .store
+        .find(&group, &id)
         .await?
         .map(Json)
         .ok_or_else(|| Error::not_found("no live instance with that group and id"))
@@ -273,7 +255,7 @@ async fn list_instances(
     PathParams(group): PathParams<String>,
 ) -> Result<Response> {
     check_names(&group, None)?;
-    let listing = Listing::new(&registry, Listed::Instances { group });
+    let listing = Listing::new(&registry.store, Listed::Instances { group }).await?;
     listing
         .respond()
         .await?
@@ -292,7 +274,7 @@ async fn list_instances(
     ),
 )]
 async fn list_groups(State(registry): State<Registry>) -> Result<Response> {
-    let listing = Listing::new(&registry, Listed::Groups);
+    let listing = Listing::new(&registry.store, Listed::Groups).await?;
     Ok(listing
         .respond()
         .await?
@@ -319,14 +301,11 @@ async fn unregister(
     PathParams((group, id)): PathParams<(String, String)>,
 ) -> Result<StatusCode> {
     check_names(&group, Some(&id))?;
-    let deleted = {
-        let mut conn = registry.db.write_connection().await?;
-        store::delete(&mut conn, &group, &id).await?
-    };
-    match deleted {
-        Some(updated_at) if updated_at > registry.live_after() => Ok(StatusCode::NO_CONTENT),
+    if registry.store.delete(&group, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
         // An expired row is gone now too, but to the client it was already unknown.
-        _ => Err(Error::not_found("no live instance with that group and id")),
+        Err(Error::not_found("no live instance with that group and id"))
     }
 }
 

@@ -5,7 +5,10 @@
 //! releasing it between steps, so heartbeats interleave with a large purge instead of
 //! waiting for all of it. (Walking the key range needs no index on the heartbeat time, which
 //! would slow every heartbeat down.)
-//! Each run also records that the registry is alive, for the start-up grace after an outage.
+//! Each run also records that the registry is alive, for the start-up grace after an outage;
+//! on Postgres a node also records it every third of a TTL, so that the nodes that share the
+//! database can tell a registry still running from one starting again (see
+//! `store/postgres.rs`). Every node purges; each expired row is deleted once, by one of them.
 //! Every deleted row is counted in `warden_registry_purged_instances_total`.
 
 use std::sync::Arc;
@@ -16,21 +19,18 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Liveness;
-use super::store::{self, PurgeCursor};
-use crate::clock::Clock;
-use crate::db::Database;
+use super::store::{PurgeCursor, RegistryStore};
 use crate::error::StorageFault;
 
 /// How many instances one purge step examines: about a millisecond of write lock.
 const PURGE_CHUNK: i64 = 1_000;
 
 /// Schedules the purge every `every` until `shutdown`; then records the last alive time.
-/// `purged` counts the rows it deletes.
+/// `purged` counts the rows it deletes. On Postgres, records the alive time every third of
+/// `ttl` too.
 pub async fn start(
-    db: Database,
-    clock: Clock,
-    liveness: Liveness,
+    store: RegistryStore,
+    ttl: Duration,
     every: Duration,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
@@ -48,12 +48,10 @@ pub async fn start(
     // One purge at a time, even if one runs longer than the interval.
     let running = Arc::new(tokio::sync::Mutex::new(()));
     let purge = {
-        let (db, clock, running, shutdown) =
-            (db.clone(), clock.clone(), running.clone(), shutdown.clone());
+        let (store, running, shutdown) = (store.clone(), running.clone(), shutdown.clone());
         Job::new_repeated_async(every, move |_, _| {
-            let (db, clock, running, shutdown, purged) = (
-                db.clone(),
-                clock.clone(),
+            let (store, running, shutdown, purged) = (
+                store.clone(),
                 running.clone(),
                 shutdown.clone(),
                 purged.clone(),
@@ -62,8 +60,7 @@ pub async fn start(
                 let Ok(_only_one) = running.try_lock() else {
                     return;
                 };
-                if let Err(fault) = purge_expired(&db, &clock, &liveness, &shutdown, &purged).await
-                {
+                if let Err(fault) = purge_expired(&store, &shutdown, &purged).await {
                     tracing::warn!(%fault, "purge of expired instances failed; will retry");
                 }
             })
@@ -71,64 +68,72 @@ pub async fn start(
     };
     scheduler.add(purge).await?;
     scheduler.start().await?;
+    if let RegistryStore::Postgres { .. } = store {
+        keep_alive(store.clone(), ttl / 3, tasks, shutdown.clone());
+    }
     tasks.spawn(async move {
         shutdown.cancelled().await;
         if let Err(error) = scheduler.shutdown().await {
             tracing::warn!(%error, "the purge scheduler did not stop cleanly");
         }
         let _finished = running.lock().await;
-        if let Err(fault) = record_alive(&db, clock.now_ms()).await {
+        if let Err(fault) = store.record_alive().await {
             tracing::warn!(%fault, "could not record the registry's last alive time");
         }
     });
     Ok(())
 }
 
+/// Records that the registry is alive every `every` until `shutdown`.
+fn keep_alive(
+    store: RegistryStore,
+    every: Duration,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    tasks.spawn(async move {
+        let mut ticks = tokio::time::interval(every.max(Duration::from_millis(100)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            if let Err(fault) = store.record_alive().await {
+                tracing::warn!(%fault, "could not record that the registry is alive; will retry");
+            }
+        }
+    });
+}
+
 /// Deletes every expired instance, a batch at a time, stopping early on shutdown; returns how
 /// many it deleted. Each step's deletions are counted in `purged` as soon as they commit, so
 /// a pass that fails half-way still counts what it did.
 pub async fn purge_expired(
-    db: &Database,
-    clock: &Clock,
-    liveness: &Liveness,
+    store: &RegistryStore,
     shutdown: &CancellationToken,
     purged_counter: &Counter,
 ) -> Result<u64, StorageFault> {
-    let now = clock.now_ms();
-    let live_after = liveness.live_after(now);
+    let live_after = store.live_after().await.map_err(|error| {
+        tracing::error!(%error, "registry purge: database error");
+        StorageFault::of(&error)
+    })?;
     let mut purged = 0;
     let mut cursor = Some(PurgeCursor::default());
     while let Some(from) = cursor.take() {
         if shutdown.is_cancelled() {
             break;
         }
-        let (deleted, next) = {
-            let mut conn = db.write_connection().await?;
-            store::purge_step(&mut conn, &from, live_after, PURGE_CHUNK)
-                .await
-                .map_err(|error| logged(&error))?
-        };
+        let (deleted, next) = store.purge_step(&from, live_after, PURGE_CHUNK).await?;
         purged += deleted;
         purged_counter.increment(deleted);
         cursor = next;
         // Let a waiting heartbeat batch take the write connection before the next step.
         tokio::task::yield_now().await;
     }
-    record_alive(db, now).await?;
+    store.record_alive().await?;
     if purged > 0 {
         tracing::info!(purged, "purged expired instances");
     }
     Ok(purged)
-}
-
-async fn record_alive(db: &Database, now_ms: i64) -> Result<(), StorageFault> {
-    let mut conn = db.write_connection().await?;
-    store::record_alive(&mut conn, now_ms)
-        .await
-        .map_err(|error| logged(&error))
-}
-
-fn logged(error: &sqlx::Error) -> StorageFault {
-    tracing::error!(%error, "registry purge: database error");
-    StorageFault::of(error)
 }

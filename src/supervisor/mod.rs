@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin, ServiceBoard, ServiceState};
 use crate::config::{Config, JobCgroups, JobsTls};
-use crate::db::{DataDirLock, Database, LockError, lock_data_dir};
+use crate::db::{DataDirLock, Database, LockError, PgOpenError, SharedDatabase, lock_data_dir};
 use crate::error::StorageFault;
 use crate::hashes::{HashSettings, Hashes};
 use crate::jobs::sandbox::{self, Sandbox, SandboxSettings};
@@ -63,6 +63,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: sqlx::Error,
     },
+    #[error("the shared database: {0}")]
+    SharedDatabase(#[from] PgOpenError),
     #[error(transparent)]
     Registry(#[from] registry::StartError),
     #[error("cannot start the job runner: {0}")]
@@ -111,6 +113,8 @@ pub struct App {
     _lock: DataDirLock,
     config: Config,
     db: Database,
+    /// The Postgres of the hash service and the registry, when `--database` names one.
+    shared: Option<SharedDatabase>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     services: Vec<BoundService>,
@@ -145,9 +149,16 @@ impl App {
         // This App's own recorder: Apps in one process (tests) never share a metric.
         let telemetry = Telemetry::new();
         db.report_sizes(&telemetry);
+        let shared = match config.database.shared() {
+            Some(settings) if !(config.no_hashes && config.no_registry) => {
+                Some(SharedDatabase::open(&settings, db.health().clone()).await?)
+            }
+            _ => None,
+        };
 
         let context = Context {
             db: &db,
+            shared: shared.as_ref(),
             tasks: &tasks,
             shutdown: &shutdown,
             clock: &config.clock,
@@ -216,6 +227,7 @@ impl App {
             started: Instant::now(),
             services: ServiceBoard::default(),
             storage: db.health().clone(),
+            shared: shared.clone(),
             shutdown: shutdown.clone(),
             documents: Arc::new(openapi::documents()?),
             isolation,
@@ -227,6 +239,7 @@ impl App {
             _lock: lock,
             config,
             db,
+            shared,
             shutdown,
             tasks,
             services,
@@ -281,6 +294,7 @@ impl App {
             _lock,
             config,
             db,
+            shared,
             shutdown,
             tasks,
             services,
@@ -345,9 +359,15 @@ impl App {
         let drained = tokio::time::timeout(config.drain_timeout, tasks.wait())
             .await
             .is_ok();
-        if drained {
+        let close = async {
             db.close().await;
-        } else if tokio::time::timeout(CLOSE_AFTER_TIMEOUT, db.close())
+            if let Some(shared) = &shared {
+                shared.close().await;
+            }
+        };
+        if drained {
+            close.await;
+        } else if tokio::time::timeout(CLOSE_AFTER_TIMEOUT, close)
             .await
             .is_err()
         {

@@ -10,7 +10,7 @@ mod queue;
 
 pub use deletion::{Purged, delete_finished, expire_finished, purge_step};
 pub use output::{AppendOutput, OutputChunk, Stored, read_output};
-pub use queue::{NewJobRow, QueueJobs};
+pub use queue::{NewJobRow, QueueFull, QueueJobs};
 
 use std::collections::BTreeMap;
 

@@ -1,29 +1,24 @@
-//! The hash service's SQL: recording accepted hashes in group commits, reading them back, and
-//! deleting those past their retention.
+//! The hash service's SQL on SQLite: recording accepted hashes in group commits, reading them
+//! back, and deleting those past their retention.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnection;
 
+use super::{NewHash, StoredHash, Totals};
+use crate::clock::{Clock, millis};
 use crate::db::Batch;
-
-/// A hash to record: computed from the password on arrival, so no plaintext reaches the writer.
-#[derive(Debug)]
-pub struct NewHash {
-    /// base64 SHA-512 of the password.
-    pub sha512: String,
-    pub received_at_ms: i64,
-    pub ready_at_ms: i64,
-    /// When the `POST /hash` request arrived, for its handling time.
-    pub arrived: Instant,
-}
 
 /// The batch that records hashes: one statement inserts the whole batch, and the
 /// `hashes_count_in_stats` trigger updates the stats inside that same statement, so a
-/// committed hash is always counted and an uncommitted one never is.
+/// committed hash is always counted and an uncommitted one never is. A batch's hashes are
+/// received at the node's "now" as it is written, and ready `delay` later.
 #[derive(Debug)]
-pub struct RecordHashes;
+pub struct RecordHashes {
+    pub clock: Clock,
+    pub delay: Duration,
+}
 
 impl Batch for RecordHashes {
     const PATH: &'static str = "hashes";
@@ -36,18 +31,16 @@ impl Batch for RecordHashes {
         conn: &mut SqliteConnection,
         requests: &[NewHash],
     ) -> Result<Vec<i64>, sqlx::Error> {
-        // The handling time ends as the row is written: the commit that follows is what
-        // makes this very figure durable, so it cannot be part of it.
+        let received_at_ms = self.clock.now_ms();
+        let ready_at_ms = received_at_ms.saturating_add(millis(self.delay));
         let rows: Vec<(&str, i64, i64, i64)> = requests
             .iter()
             .map(|new| {
-                let handling_ns = i64::try_from(new.arrived.elapsed().as_nanos());
-                let handling_ns = handling_ns.unwrap_or(i64::MAX);
                 (
                     new.sha512.as_str(),
-                    new.received_at_ms,
-                    new.ready_at_ms,
-                    handling_ns,
+                    received_at_ms,
+                    ready_at_ms,
+                    new.handling_ns(),
                 )
             })
             .collect();
@@ -77,30 +70,21 @@ impl Batch for RecordHashes {
     }
 }
 
-/// A recorded hash as `GET /hash/{id}` needs it.
-#[derive(Debug)]
-pub struct StoredHash {
-    pub sha512: String,
-    pub received_at_ms: i64,
-    pub ready_at_ms: i64,
-}
-
-/// The hash with `id`, ready or not.
-pub async fn find(reads: &SqlitePool, id: i64) -> Result<Option<StoredHash>, sqlx::Error> {
+/// The hash with `id`, ready or not, read at `now_ms`.
+pub async fn find(
+    reads: &SqlitePool,
+    id: i64,
+    now_ms: i64,
+) -> Result<Option<StoredHash>, sqlx::Error> {
     sqlx::query_as!(
         StoredHash,
-        "SELECT sha512, received_at_ms, ready_at_ms FROM hashes WHERE id = ?1",
-        id
+        r#"SELECT sha512, received_at_ms, ready_at_ms, ?2 AS "read_at_ms!: i64"
+           FROM hashes WHERE id = ?1"#,
+        id,
+        now_ms
     )
     .fetch_optional(reads)
     .await
-}
-
-/// Accepted requests since the database was created, and their summed handling time.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Totals {
-    pub total: i64,
-    pub handling_ns: i64,
 }
 
 /// The running stats row.

@@ -1,71 +1,15 @@
-//! The registry's SQL: heartbeats in group commits, reads that apply liveness, the purge.
+//! The registry's SQL on SQLite: heartbeats in group commits, reads that apply liveness (by
+//! the node's clock), the listings' pages, the purge.
 
-use std::collections::HashMap;
-
-use serde::Serialize;
-use serde_json::value::RawValue;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection as _, SqlitePool};
 
-use super::Liveness;
+use super::{
+    Heartbeat, InstanceRow, Page, PurgeCursor, Registered, answer_round, collect_replies, rounds,
+};
 use crate::clock::Clock;
 use crate::db::Batch;
-
-/// A heartbeat to record: `meta` is the client's meta as JSON object text, or `None` to keep
-/// the meta the instance has (or `{}` for a new one).
-#[derive(Debug)]
-pub struct Heartbeat {
-    pub group: String,
-    pub id: String,
-    pub meta: Option<String>,
-}
-
-/// An instance as the API shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Instance {
-    /// Its id in its group.
-    pub id: String,
-    /// Its group.
-    pub group: String,
-    /// When it registered (ms since the Unix epoch); it stays while the instance lives.
-    pub created_at: i64,
-    /// Its last heartbeat (ms since the Unix epoch); it strictly increases with each.
-    pub updated_at: i64,
-    /// What its heartbeats carry.
-    #[schema(value_type = Object)]
-    pub meta: Box<RawValue>,
-}
-
-/// What a heartbeat did: the instance after it, and whether it registered a new instance.
-#[derive(Debug)]
-pub struct Registered {
-    pub instance: Instance,
-    pub created: bool,
-}
-
-struct InstanceRow {
-    group_name: String,
-    id: String,
-    created_at_ms: i64,
-    updated_at_ms: i64,
-    meta: String,
-}
-
-impl TryFrom<InstanceRow> for Instance {
-    type Error = sqlx::Error;
-
-    fn try_from(row: InstanceRow) -> Result<Self, Self::Error> {
-        Ok(Self {
-            meta: RawValue::from_string(row.meta)
-                .map_err(|error| sqlx::Error::Decode(Box::new(error)))?,
-            id: row.id,
-            group: row.group_name,
-            created_at: row.created_at_ms,
-            updated_at: row.updated_at_ms,
-        })
-    }
-}
+use crate::registry::Liveness;
 
 /// The batch that records heartbeats: one upsert statement for the whole batch.
 #[derive(Debug)]
@@ -99,26 +43,8 @@ impl Batch for RecordHeartbeats {
             }
             tx.commit().await?;
         }
-        replies
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| sqlx::Error::Protocol("a heartbeat got no row back".into()))
+        collect_replies(replies)
     }
-}
-
-/// Splits a batch into rounds in which each instance appears at most once, keeping order.
-fn rounds(requests: &[Heartbeat]) -> Vec<Vec<usize>> {
-    let mut seen: HashMap<(&str, &str), usize> = HashMap::with_capacity(requests.len());
-    let mut rounds: Vec<Vec<usize>> = Vec::new();
-    for (index, beat) in requests.iter().enumerate() {
-        let occurrence = seen.entry((&beat.group, &beat.id)).or_insert(0);
-        if *occurrence == rounds.len() {
-            rounds.push(Vec::new());
-        }
-        rounds[*occurrence].push(index);
-        *occurrence += 1;
-    }
-    rounds
 }
 
 /// Upserts the heartbeats at `round` (distinct instances) with one statement.
@@ -171,33 +97,7 @@ async fn upsert(
     )
     .fetch_all(&mut *conn)
     .await?;
-    let mut by_key: HashMap<(String, String), usize> = round
-        .iter()
-        .map(|&index| {
-            (
-                (requests[index].group.clone(), requests[index].id.clone()),
-                index,
-            )
-        })
-        .collect();
-    for mut row in rows {
-        let key = (
-            std::mem::take(&mut row.group_name),
-            std::mem::take(&mut row.id),
-        );
-        let Some(index) = by_key.remove(&key) else {
-            return Err(sqlx::Error::Protocol(
-                "the upsert returned an instance nobody sent".into(),
-            ));
-        };
-        (row.group_name, row.id) = key;
-        let created = row.created_at_ms == row.updated_at_ms;
-        replies[index] = Some(Registered {
-            instance: row.try_into()?,
-            created,
-        });
-    }
-    Ok(())
+    answer_round(requests, round, rows, replies)
 }
 
 /// The live instance `group`/`id`.
@@ -206,7 +106,7 @@ pub async fn find(
     group: &str,
     id: &str,
     live_after: i64,
-) -> Result<Option<Instance>, sqlx::Error> {
+) -> Result<Option<InstanceRow>, sqlx::Error> {
     sqlx::query_as!(
         InstanceRow,
         "SELECT group_name, id, created_at_ms, updated_at_ms, meta
@@ -217,9 +117,7 @@ pub async fn find(
         live_after
     )
     .fetch_optional(reads)
-    .await?
-    .map(Instance::try_from)
-    .transpose()
+    .await
 }
 
 /// Deletes `group`/`id` whether live or expired; returns its last heartbeat if it existed.
@@ -235,13 +133,6 @@ pub async fn delete(
     )
     .fetch_optional(&mut *conn)
     .await
-}
-
-/// Where a purge pass has got to: the last key it examined (exclusive start of the next).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PurgeCursor {
-    pub group: String,
-    pub id: String,
 }
 
 /// One bounded step of a purge pass: examines up to `chunk` instances after `cursor` in key
@@ -325,28 +216,96 @@ pub async fn last_alive(reads: &SqlitePool) -> Result<Option<i64>, sqlx::Error> 
         .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Up to `limit` live instances of `group` with an id after `after`, by id.
+///
+/// First the page's end: the `limit`-th live id after `after`, from a walk of the primary
+/// key that leaves meta unread. Then one walk of the key range up to that end (or to the
+/// group's last id, if fewer are left) builds the page, like the whole listing was built
+/// before it was paged: a `LIMIT` on a subquery would pass every row through a co-routine
+/// and cost a page of a small group a fifth more. Expired instances are filtered before the
+/// count, so they never cut a page short.
+pub async fn instances_page(
+    reads: &SqlitePool,
+    group: &str,
+    after: &str,
+    live_after: i64,
+    limit: i64,
+) -> Result<Page, sqlx::Error> {
+    sqlx::query_as!(
+        Page,
+        r#"WITH page_end AS MATERIALIZED (
+               SELECT (SELECT id FROM instances
+                       WHERE group_name = ?1 AND id > ?2 AND updated_at_ms > ?3
+                       ORDER BY id
+                       LIMIT 1 OFFSET ?4 - 1) AS id
+           )
+           SELECT (SELECT json_group_array(
+                              json_object('id', id, 'group', group_name,
+                                          'createdAt', created_at_ms,
+                                          'updatedAt', updated_at_ms, 'meta', json(meta))
+                              ORDER BY id
+                          )
+                   FROM instances
+                   WHERE group_name = ?1 AND id > ?2 AND updated_at_ms > ?3
+                     AND id <= coalesce(page_end.id,
+                                        (SELECT max(id) FROM instances WHERE group_name = ?1))
+                  ) AS "json!: String",
+                  page_end.id AS "last: String",
+                  page_end.id IS NOT NULL
+                  AND EXISTS (SELECT 1 FROM instances
+                              WHERE group_name = ?1 AND id > page_end.id
+                                AND updated_at_ms > ?3) AS "more!: bool"
+           FROM page_end"#,
+        group,
+        after,
+        live_after,
+        limit
+    )
+    .fetch_one(reads)
+    .await
+}
 
-    fn beat(group: &str, id: &str) -> Heartbeat {
-        Heartbeat {
-            group: group.into(),
-            id: id.into(),
-            meta: None,
-        }
-    }
-
-    #[test]
-    fn a_batch_splits_into_rounds_of_distinct_instances_in_order() {
-        let batch = [
-            beat("g", "a"),
-            beat("g", "b"),
-            beat("g", "a"),
-            beat("h", "a"),
-            beat("g", "a"),
-        ];
-        assert_eq!(rounds(&batch), vec![vec![0, 1, 3], vec![2], vec![4]]);
-        assert_eq!(rounds(&batch[..2]), vec![vec![0, 1]]);
-    }
+/// Up to `limit` groups named after `after` that have a live instance, by name, each with
+/// its count of live instances, the earliest `createdAt` and the latest heartbeat among them.
+///
+/// A walk of the primary key from `after`, already grouped; only live instances are
+/// aggregated, so a group with none is neither listed nor counted against the limit.
+pub async fn groups_page(
+    reads: &SqlitePool,
+    after: &str,
+    live_after: i64,
+    limit: i64,
+) -> Result<Page, sqlx::Error> {
+    sqlx::query_as!(
+        Page,
+        r#"SELECT json AS "json!: String",
+                  last AS "last: String",
+                  EXISTS (SELECT 1 FROM instances WHERE group_name > last AND updated_at_ms > ?2)
+                      AS "more!: bool"
+           FROM (
+               SELECT json_group_array(
+                          json_object('group', group_name, 'instances', instances,
+                                      'createdAt', created_at_ms,
+                                      'lastUpdatedAt', last_updated_at_ms)
+                          ORDER BY group_name
+                      ) AS json,
+                      max(group_name) AS last
+               FROM (
+                   SELECT group_name,
+                          count(*) AS instances,
+                          min(created_at_ms) AS created_at_ms,
+                          max(updated_at_ms) AS last_updated_at_ms
+                   FROM instances
+                   WHERE group_name > ?1 AND updated_at_ms > ?2
+                   GROUP BY group_name
+                   ORDER BY group_name
+                   LIMIT ?3
+               )
+           )"#,
+        after,
+        live_after,
+        limit
+    )
+    .fetch_one(reads)
+    .await
 }
