@@ -5,19 +5,20 @@
 -- (`warden_now_ms()`), never a node's: nodes whose clocks disagree still agree on when a hash
 -- is ready and who is live.
 
--- The database's clock. `offset_ms` is 0 and stays 0 in production; tests and drills move it
--- to stand in for time passing, since Postgres's own clock cannot be driven.
+-- The database's clock. `frozen_ms` is NULL, and stays NULL in production: time is Postgres's
+-- own. Tests set it to drive the clock by hand (Postgres's own cannot be), as a manual clock
+-- drives a node's on SQLite; while it is set, time stands still at it for every node.
 CREATE TABLE warden_clock (
     id        integer PRIMARY KEY CHECK (id = 1),
-    offset_ms bigint  NOT NULL
+    frozen_ms bigint
 );
-INSERT INTO warden_clock (id, offset_ms) VALUES (1, 0);
+INSERT INTO warden_clock (id, frozen_ms) VALUES (1, NULL);
 
 -- The statement's start by the database's clock: one instant for a whole statement, so a
 -- batch of heartbeats or hashes shares one "now", as it does on SQLite.
 CREATE FUNCTION warden_now_ms() RETURNS bigint
 LANGUAGE sql STABLE AS $$
-    SELECT (extract(epoch FROM statement_timestamp()) * 1000)::bigint + offset_ms
+    SELECT coalesce(frozen_ms, (extract(epoch FROM statement_timestamp()) * 1000)::bigint)
     FROM warden_clock WHERE id = 1
 $$;
 

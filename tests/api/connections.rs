@@ -348,7 +348,7 @@ async fn clients_that_never_read_their_job_output_do_not_hold_up_a_shutdown() {
 
     // What was acknowledged before the drain was committed.
     let app = TestApp::spawn_in(dir, clock, &[]).await;
-    app.clock.advance(Duration::from_secs(5));
+    app.clock.advance(Duration::from_secs(5)).await;
     assert_eq!(app.get_hash(&hash.to_string()).await.status(), 200);
     app.stop().await;
 }

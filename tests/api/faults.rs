@@ -120,7 +120,7 @@ async fn a_full_disk_answers_507_keeps_what_it_acknowledged_and_recovers_without
     let (status, _) = call(app.client.post(format!("{}/g/after", app.registry))).await;
     assert_eq!(status, StatusCode::CREATED);
     // Every hash acknowledged before the disk filled is still there.
-    app.clock.advance(Duration::from_secs(5));
+    app.clock.advance(Duration::from_secs(5)).await;
     assert_eq!(app.get_hash(&first_hash.to_string()).await.status(), 200);
 
     let ended = eventually("the job ends", Duration::from_secs(30), async || {
@@ -460,7 +460,7 @@ async fn a_volume_that_fills_up_wedges_nothing_and_warden_comes_back_when_it_gro
     })
     .await;
     assert_eq!(job["outputBytes"], 13);
-    app.clock.advance(Duration::from_secs(5));
+    app.clock.advance(Duration::from_secs(5)).await;
     assert_eq!(app.get_hash(&before.to_string()).await.status(), 200);
     app.stop().await;
 }

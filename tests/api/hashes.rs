@@ -1,4 +1,5 @@
-//! The hash service's contract over real HTTP: ids, the delay, stats, and every bad input.
+//! The hash service's contract over real HTTP: ids, the delay, stats, and every bad input, on
+//! both engines (the node's SQLite file and a shared Postgres).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -9,9 +10,30 @@ use base64::engine::general_purpose::STANDARD;
 use reqwest::header;
 use sha2::{Digest as _, Sha512};
 
-#[tokio::test]
-async fn a_hash_is_hidden_for_five_seconds_then_matches_the_contract_vector() {
-    let app = TestApp::spawn().await;
+use crate::helpers::{Engine, on_both_engines};
+
+// The conformance suite: each of these runs on SQLite and on Postgres, from this one code.
+on_both_engines!(
+    a_hash_is_hidden_for_five_seconds_then_matches_the_contract_vector,
+    ids_count_up_from_one_in_request_order,
+    json_and_multipart_bodies_are_read_like_a_form,
+    stats_count_accepted_requests_and_their_mean_time,
+    three_hundred_concurrent_posts_get_three_hundred_distinct_ids,
+    a_missing_or_empty_password_is_400_and_changes_nothing,
+    ids_that_are_not_numbers_are_400_and_unknown_ones_404,
+    a_wrong_method_is_405_with_allow_and_a_json_error,
+    an_oversized_body_is_413_and_an_unknown_type_415,
+    hashes_ids_and_stats_survive_a_restart,
+    the_delay_is_a_setting,
+    a_password_is_hashed_as_the_exact_bytes_the_client_sent,
+    a_json_body_that_is_not_utf8_is_400,
+    without_a_retention_a_hash_is_kept_for_ever,
+    hashes_past_their_retention_are_deleted_and_their_ids_never_come_back,
+    a_purge_larger_than_one_step_deletes_every_old_hash,
+);
+
+async fn a_hash_is_hidden_for_five_seconds_then_matches_the_contract_vector(engine: Engine) {
+    let app = TestApp::on(engine).await;
 
     let response = app.post_password("angryMonkey").await;
     assert_eq!(response.status(), 200);
@@ -28,15 +50,15 @@ async fn a_hash_is_hidden_for_five_seconds_then_matches_the_contract_vector() {
     assert_eq!(pending.status(), 404);
     assert_eq!(pending.headers()[header::RETRY_AFTER], "5");
 
-    app.clock.advance(Duration::from_millis(4_001));
+    app.clock.advance(Duration::from_millis(4_001)).await;
     let almost = app.get_hash("1").await;
     assert_eq!(almost.status(), 404);
     assert_eq!(almost.headers()[header::RETRY_AFTER], "1");
 
-    app.clock.advance(Duration::from_millis(998));
+    app.clock.advance(Duration::from_millis(998)).await;
     assert_eq!(app.get_hash("1").await.status(), 404, "1 ms early");
 
-    app.clock.advance(Duration::from_millis(1));
+    app.clock.advance(Duration::from_millis(1)).await;
     let ready = app.get_hash("1").await;
     assert_eq!(ready.status(), 200);
     assert!(
@@ -49,9 +71,8 @@ async fn a_hash_is_hidden_for_five_seconds_then_matches_the_contract_vector() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn ids_count_up_from_one_in_request_order() {
-    let app = TestApp::spawn().await;
+async fn ids_count_up_from_one_in_request_order(engine: Engine) {
+    let app = TestApp::on(engine).await;
     for expected in 1..=5 {
         assert_eq!(
             app.create_hash(&format!("password {expected}")).await,
@@ -61,9 +82,8 @@ async fn ids_count_up_from_one_in_request_order() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn json_and_multipart_bodies_are_read_like_a_form() {
-    let app = TestApp::spawn().await;
+async fn json_and_multipart_bodies_are_read_like_a_form(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let json = app
         .client
         .post(format!("{}/hash", app.hashes))
@@ -87,16 +107,15 @@ async fn json_and_multipart_bodies_are_read_like_a_form() {
     assert_eq!(multipart.status(), 200);
     assert_eq!(multipart.text().await.unwrap(), "2");
 
-    app.clock.advance(Duration::from_secs(5));
+    app.clock.advance(Duration::from_secs(5)).await;
     for id in ["1", "2"] {
         assert_eq!(app.get_hash(id).await.text().await.unwrap(), ANGRY_MONKEY);
     }
     app.stop().await;
 }
 
-#[tokio::test]
-async fn stats_count_accepted_requests_and_their_mean_time() {
-    let app = TestApp::spawn().await;
+async fn stats_count_accepted_requests_and_their_mean_time(engine: Engine) {
+    let app = TestApp::on(engine).await;
     assert_eq!(app.stats().await, (0, 0));
     for _ in 0..3 {
         app.create_hash("angryMonkey").await;
@@ -110,9 +129,8 @@ async fn stats_count_accepted_requests_and_their_mean_time() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn three_hundred_concurrent_posts_get_three_hundred_distinct_ids() {
-    let app = TestApp::spawn().await;
+async fn three_hundred_concurrent_posts_get_three_hundred_distinct_ids(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let posts = (0..300).map(|n| {
         let client = app.client.clone();
         let url = format!("{}/hash", app.hashes);
@@ -136,9 +154,8 @@ async fn three_hundred_concurrent_posts_get_three_hundred_distinct_ids() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_missing_or_empty_password_is_400_and_changes_nothing() {
-    let app = TestApp::spawn().await;
+async fn a_missing_or_empty_password_is_400_and_changes_nothing(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let url = format!("{}/hash", app.hashes);
     let bodies: [(&str, &str); 7] = [
         ("application/x-www-form-urlencoded", ""),
@@ -169,9 +186,8 @@ async fn a_missing_or_empty_password_is_400_and_changes_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn ids_that_are_not_numbers_are_400_and_unknown_ones_404() {
-    let app = TestApp::spawn().await;
+async fn ids_that_are_not_numbers_are_400_and_unknown_ones_404(engine: Engine) {
+    let app = TestApp::on(engine).await;
     for bad in ["abc", "-1", "1.5", "0x1"] {
         let (status, error) = call(app.client.get(format!("{}/hash/{bad}", app.hashes))).await;
         assert_eq!(status, 400, "{bad}");
@@ -185,9 +201,8 @@ async fn ids_that_are_not_numbers_are_400_and_unknown_ones_404() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_wrong_method_is_405_with_allow_and_a_json_error() {
-    let app = TestApp::spawn().await;
+async fn a_wrong_method_is_405_with_allow_and_a_json_error(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let cases = [
         (reqwest::Method::GET, "/hash", "POST"),
         (reqwest::Method::DELETE, "/hash/1", "GET,HEAD"),
@@ -211,9 +226,8 @@ async fn a_wrong_method_is_405_with_allow_and_a_json_error() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_oversized_body_is_413_and_an_unknown_type_415() {
-    let app = TestApp::spawn().await;
+async fn an_oversized_body_is_413_and_an_unknown_type_415(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let url = format!("{}/hash", app.hashes);
     let huge = format!("password={}", "x".repeat(64 * 1024));
     let too_large = app
@@ -244,9 +258,8 @@ async fn an_oversized_body_is_413_and_an_unknown_type_415() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn hashes_ids_and_stats_survive_a_restart() {
-    let app = TestApp::spawn().await;
+async fn hashes_ids_and_stats_survive_a_restart(engine: Engine) {
+    let app = TestApp::on(engine).await;
     for n in 1..=3 {
         app.create_hash(&format!("before restart {n}")).await;
     }
@@ -256,18 +269,17 @@ async fn hashes_ids_and_stats_survive_a_restart() {
 
     let app = TestApp::spawn_in(dir, clock, &[]).await;
     assert_eq!(app.stats().await, stats_before);
-    app.clock.advance(Duration::from_secs(5));
+    app.clock.advance(Duration::from_secs(5)).await;
     assert_eq!(app.get_hash("4").await.text().await.unwrap(), ANGRY_MONKEY);
     assert_eq!(app.create_hash("after restart").await, 5);
     assert_eq!(app.stats().await.0, 5);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_delay_is_a_setting() {
-    let app = TestApp::spawn_with(&["--hash-delay", "250ms"]).await;
+async fn the_delay_is_a_setting(engine: Engine) {
+    let app = TestApp::on_with(engine, &["--hash-delay", "250ms"]).await;
     let id = app.create_hash("angryMonkey").await;
-    app.clock.advance(Duration::from_millis(249));
+    app.clock.advance(Duration::from_millis(249)).await;
     let pending = app.get_hash(&id.to_string()).await;
     assert_eq!(pending.status(), 404);
     assert_eq!(
@@ -275,7 +287,7 @@ async fn the_delay_is_a_setting() {
         "1",
         "rounded up to whole seconds"
     );
-    app.clock.advance(Duration::from_millis(1));
+    app.clock.advance(Duration::from_millis(1)).await;
     assert_eq!(app.get_hash(&id.to_string()).await.status(), 200);
     app.stop().await;
 }
@@ -299,22 +311,12 @@ impl TestApp {
 
     /// The ids of the hashes in the database, in order.
     async fn stored_ids(&self) -> Vec<i64> {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(self.dir.path().join("warden.db"))
-            .read_only(true);
-        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        let ids = sqlx::query_scalar("SELECT id FROM hashes ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        ids
+        self.stored("SELECT id FROM hashes ORDER BY id").await
     }
 }
 
-#[tokio::test]
-async fn a_password_is_hashed_as_the_exact_bytes_the_client_sent() {
-    let app = TestApp::spawn().await;
+async fn a_password_is_hashed_as_the_exact_bytes_the_client_sent(engine: Engine) {
+    let app = TestApp::on(engine).await;
     const FORM: &str = "application/x-www-form-urlencoded";
     let cases: [(&str, &[u8], &[u8]); 8] = [
         (FORM, b"password=%FF", b"\xFF"),
@@ -354,7 +356,7 @@ async fn a_password_is_hashed_as_the_exact_bytes_the_client_sent() {
     assert_eq!(multipart.status(), 200);
     ids.push((multipart.text().await.unwrap(), b"\xFF\xFE", b"multipart"));
 
-    app.clock.advance(Duration::from_secs(5));
+    app.clock.advance(Duration::from_secs(5)).await;
     for (id, password, body) in ids {
         let hash = app.get_hash(&id).await.text().await.unwrap();
         assert_eq!(hash, hash_of(password), "{}", String::from_utf8_lossy(body));
@@ -367,9 +369,8 @@ async fn a_password_is_hashed_as_the_exact_bytes_the_client_sent() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_json_body_that_is_not_utf8_is_400() {
-    let app = TestApp::spawn().await;
+async fn a_json_body_that_is_not_utf8_is_400(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let (status, error) = call(
         app.client
             .post(format!("{}/hash", app.hashes))
@@ -383,11 +384,12 @@ async fn a_json_body_that_is_not_utf8_is_400() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn without_a_retention_a_hash_is_kept_for_ever() {
-    let app = TestApp::spawn_with(&["--purge-every", "100ms"]).await;
+async fn without_a_retention_a_hash_is_kept_for_ever(engine: Engine) {
+    let app = TestApp::on_with(engine, &["--purge-every", "100ms"]).await;
     let id = app.create_hash("angryMonkey").await;
-    app.clock.advance(Duration::from_secs(10 * 365 * 86_400));
+    app.clock
+        .advance(Duration::from_secs(10 * 365 * 86_400))
+        .await;
     assert_eq!(
         app.get_hash(&id.to_string()).await.text().await.unwrap(),
         ANGRY_MONKEY
@@ -395,15 +397,18 @@ async fn without_a_retention_a_hash_is_kept_for_ever() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn hashes_past_their_retention_are_deleted_and_their_ids_never_come_back() {
-    let app = TestApp::spawn_with(&["--hash-retention", "1h", "--purge-every", "100ms"]).await;
+async fn hashes_past_their_retention_are_deleted_and_their_ids_never_come_back(engine: Engine) {
+    let app = TestApp::on_with(
+        engine,
+        &["--hash-retention", "1h", "--purge-every", "100ms"],
+    )
+    .await;
     for n in 1..=3 {
         assert_eq!(app.create_hash(&format!("old {n}")).await, n);
     }
-    app.clock.advance(Duration::from_secs(30 * 60));
+    app.clock.advance(Duration::from_secs(30 * 60)).await;
     assert_eq!(app.create_hash("angryMonkey").await, 4);
-    app.clock.advance(Duration::from_secs(30 * 60));
+    app.clock.advance(Duration::from_secs(30 * 60)).await;
     for id in 1..=4 {
         assert_eq!(
             app.get_hash(&id.to_string()).await.status(),
@@ -413,7 +418,7 @@ async fn hashes_past_their_retention_are_deleted_and_their_ids_never_come_back()
     }
     let stats = app.stats().await;
 
-    app.clock.advance(Duration::from_millis(1));
+    app.clock.advance(Duration::from_millis(1)).await;
     for id in ["1", "2", "3"] {
         let gone = app.get_hash(id).await;
         assert_eq!(gone.status(), 404, "{id} is past its retention");
@@ -434,7 +439,7 @@ async fn hashes_past_their_retention_are_deleted_and_their_ids_never_come_back()
 
     // Even the newest row deleted, its id is not given again, also across a restart.
     assert_eq!(app.create_hash("new").await, 5);
-    app.clock.advance(Duration::from_secs(2 * 3600));
+    app.clock.advance(Duration::from_secs(2 * 3600)).await;
     eventually(
         "the purge deleted every row",
         Duration::from_secs(10),
@@ -449,9 +454,12 @@ async fn hashes_past_their_retention_are_deleted_and_their_ids_never_come_back()
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_purge_larger_than_one_step_deletes_every_old_hash() {
-    let app = TestApp::spawn_with(&["--hash-retention", "1h", "--purge-every", "100ms"]).await;
+async fn a_purge_larger_than_one_step_deletes_every_old_hash(engine: Engine) {
+    let app = TestApp::on_with(
+        engine,
+        &["--hash-retention", "1h", "--purge-every", "100ms"],
+    )
+    .await;
     let url = format!("{}/hash", app.hashes);
     let posts = (0..25).map(|batch| {
         let (client, url) = (app.client.clone(), url.clone());
@@ -470,9 +478,9 @@ async fn a_purge_larger_than_one_step_deletes_every_old_hash() {
     for post in posts.collect::<Vec<_>>() {
         post.await.unwrap();
     }
-    app.clock.advance(Duration::from_secs(3600));
+    app.clock.advance(Duration::from_secs(3600)).await;
     let kept = app.create_hash("kept").await;
-    app.clock.advance(Duration::from_millis(1));
+    app.clock.advance(Duration::from_millis(1)).await;
     eventually(
         "2 500 old hashes were deleted",
         Duration::from_secs(20),

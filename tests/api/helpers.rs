@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warden::clock::Clock;
 use warden::config::{Config, SyncMode};
-use warden::db::Database;
+use warden::db::{Database, PgSettings};
 use warden::security::{principal::Role, tokens::TokenKeys};
 use warden::supervisor::{App, RunError};
 
@@ -62,13 +62,111 @@ fn plain_jobs_unless_asked(flags: &[&str]) -> Vec<String> {
     }
 }
 
+/// Where a test's warden keeps the hash service's and the registry's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The node's own SQLite file (the default).
+    Sqlite,
+    /// A fresh database of its own on the test Postgres (`pg.rs`).
+    Postgres,
+}
+
+/// The time of a test's warden: the node's manual clock and, on Postgres, the database's
+/// clock (`warden_clock.frozen_ms`), which every node sharing it reads. The two move together,
+/// so a test reads the same on either engine. It also names the shared database, so a warden
+/// restarted on the same data dir and clock finds the same state.
+#[derive(Clone, Debug)]
+pub struct TestClock {
+    pub node: Clock,
+    /// The shared database's URL, on Postgres.
+    pub shared: Option<String>,
+}
+
+impl From<Clock> for TestClock {
+    fn from(node: Clock) -> Self {
+        Self { node, shared: None }
+    }
+}
+
+impl TestClock {
+    /// A manual clock at [`START_MS`] on `engine`: on Postgres, a fresh database, migrated and
+    /// with its clock set there too.
+    pub async fn on(engine: Engine) -> Self {
+        let clock = Self {
+            node: Clock::manual(START_MS),
+            shared: match engine {
+                Engine::Sqlite => None,
+                Engine::Postgres => Some(crate::pg::fresh_database().await),
+            },
+        };
+        if let Some(url) = &clock.shared {
+            warden::db::migrate_only(&shared_settings(url))
+                .await
+                .expect("the shared database migrates");
+        }
+        clock.sync().await;
+        clock
+    }
+
+    /// Milliseconds since the Unix epoch, as both clocks read.
+    pub fn now_ms(&self) -> i64 {
+        self.node.now_ms()
+    }
+
+    /// Moves both clocks forward.
+    pub async fn advance(&self, by: Duration) {
+        self.node.advance(by);
+        self.sync().await;
+    }
+
+    /// Sets both clocks to `ms`.
+    pub async fn set_ms(&self, ms: i64) {
+        self.node.set_ms(ms);
+        self.sync().await;
+    }
+
+    /// Sets the shared database's clock to the node's.
+    async fn sync(&self) {
+        let Some(url) = &self.shared else {
+            return;
+        };
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .expect("the test database accepts a connection");
+        sqlx::query("UPDATE warden_clock SET frozen_ms = $1")
+            .bind(self.node.now_ms())
+            .execute(&mut conn)
+            .await
+            .expect("the database's clock is set");
+    }
+
+    /// The serve flags that point a warden at the shared database.
+    fn flags(&self) -> Vec<String> {
+        self.shared
+            .iter()
+            .flat_map(|url| ["--database".to_owned(), url.clone()])
+            .collect()
+    }
+}
+
+/// The shared database's settings at `url`, as `serve` would have them by default.
+pub fn shared_settings(url: &str) -> PgSettings {
+    PgSettings {
+        url: url.to_owned(),
+        pool_size: 4,
+        statement_timeout: Duration::from_secs(5),
+        ssl_mode: None,
+        ssl_root_cert: None,
+    }
+}
+
 /// A warden served in-process by the real supervisor.
 pub struct TestApp {
     pub dir: TempDir,
     /// A directory outside the data dir that jobs (running as `nobody` when the tests run as
     /// root) can read and write: see [`job_area`].
     pub work: TempDir,
-    pub clock: Clock,
+    pub clock: TestClock,
     pub hashes: String,
     pub registry: String,
     pub jobs: String,
@@ -100,19 +198,31 @@ impl TestApp {
 
     /// [`TestApp::spawn`] with extra serve flags.
     pub async fn spawn_with(extra_flags: &[&str]) -> Self {
+        Self::on_with(Engine::Sqlite, extra_flags).await
+    }
+
+    /// A fresh warden whose hash service and registry keep their state on `engine`.
+    pub async fn on(engine: Engine) -> Self {
+        Self::on_with(engine, &[]).await
+    }
+
+    /// [`TestApp::on`] with extra serve flags.
+    pub async fn on_with(engine: Engine, extra_flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::spawn_in(dir, Clock::manual(START_MS), extra_flags).await
+        Self::spawn_in(dir, TestClock::on(engine).await, extra_flags).await
     }
 
     /// A warden on `dir` (e.g. one a stopped app left behind), with extra serve flags.
-    pub async fn spawn_in(dir: TempDir, clock: Clock, extra_flags: &[&str]) -> Self {
+    pub async fn spawn_in(dir: TempDir, clock: impl Into<TestClock>, extra_flags: &[&str]) -> Self {
         warden::security::tls::install_crypto_provider();
+        let clock = clock.into();
         let mut flags = port_zero_flags(dir.path());
         flags.extend(plain_jobs_unless_asked(extra_flags));
+        flags.extend(clock.flags());
         flags.extend(extra_flags.iter().map(|flag| (*flag).to_owned()));
         let mut config = config(flags);
         config.validate().expect("test config is valid");
-        config.clock = clock.clone();
+        config.clock = clock.node.clone();
         let app = App::build(config).await.expect("warden builds");
         let hashes_addr = app.hashes_addr().expect("hashes is enabled");
         let registry_addr = app.registry_addr().expect("registry is enabled");
@@ -146,7 +256,7 @@ impl TestApp {
     }
 
     /// Starts the drain and waits for the run to end; hands back the data dir for a restart.
-    pub async fn stop(self) -> (TempDir, Clock) {
+    pub async fn stop(self) -> (TempDir, TestClock) {
         self.shutdown.cancel();
         self.running
             .await
@@ -157,7 +267,7 @@ impl TestApp {
 
     /// Waits for a run that something else (e.g. `/shutdown`) stopped; hands back how it
     /// ended and the data dir.
-    pub async fn wait_stopped(self) -> (Result<(), RunError>, TempDir, Clock) {
+    pub async fn wait_stopped(self) -> (Result<(), RunError>, TempDir, TestClock) {
         let ended = tokio::time::timeout(Duration::from_secs(30), self.running)
             .await
             .expect("warden stopped within 30 s")
@@ -192,6 +302,30 @@ impl TestApp {
         let keys = TokenKeys::load_or_create(&db, 0).await.unwrap();
         db.close().await;
         keys
+    }
+
+    /// The first column of the rows of `sql`, read where this warden keeps the hash service's
+    /// and the registry's state: its SQLite file, or the shared database.
+    pub async fn stored<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+        T: Send + Unpin,
+    {
+        let query = sqlx::AssertSqlSafe(sql.to_owned());
+        if let Some(url) = &self.clock.shared {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let rows = sqlx::query_scalar(query).fetch_all(&pool).await.unwrap();
+            pool.close().await;
+            return rows;
+        }
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.dir.path().join("warden.db"))
+            .read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let rows = sqlx::query_scalar(query).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
     }
 
     /// `POST /hash` with a urlencoded `password`.
@@ -234,6 +368,30 @@ impl TestApp {
         )
     }
 }
+
+/// Runs each named test, an `async fn(Engine)`, once on each engine: as `sqlite::NAME` and
+/// `postgres::NAME`. One test code, both backends: the conformance suite.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::helpers::Engine::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::helpers::Engine::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_engines;
 
 /// Sends `request` and reads the answer: its status and its JSON body. A 204 has no body and
 /// reads as `Null`; any other answer whose body is not JSON fails the test, since every warden

@@ -168,14 +168,14 @@ async fn retention_deletes_jobs_that_ended_before_the_window_and_never_a_running
     .await;
 
     // Just inside the window nothing goes.
-    app.clock.advance(Duration::from_secs(3599));
+    app.clock.advance(Duration::from_secs(3599)).await;
     let recent = alice.start("echo", &["recent"]).await;
     alice.wait(&recent).await;
-    app.clock.advance(Duration::from_millis(999));
+    app.clock.advance(Duration::from_millis(999)).await;
     let (status, _) = alice.call(Method::GET, &format!("/jobs/{old}"), None).await;
     assert_eq!(status, 200, "an hour has not passed yet");
 
-    app.clock.advance(Duration::from_secs(2));
+    app.clock.advance(Duration::from_secs(2)).await;
     eventually(
         "the old job is deleted",
         Duration::from_secs(30),
@@ -212,7 +212,7 @@ async fn under_a_steady_load_of_jobs_the_database_file_stops_growing() {
     for round in 0..30 {
         let id = alice.start("head", &["-c", "100000", "/dev/zero"]).await;
         assert_eq!(alice.wait(&id).await.len(), 100_000);
-        app.clock.advance(Duration::from_secs(120));
+        app.clock.advance(Duration::from_secs(120)).await;
         eventually("the job is purged", Duration::from_secs(30), async || {
             (count(&app, "jobs").await == 0).then_some(())
         })

@@ -115,7 +115,7 @@ async fn shutdown_finishes_in_flight_work_refuses_new_work_and_ends_cleanly() {
     // The in-flight hash was committed before the run ended.
     let app = TestApp::spawn_in(dir, clock, &[]).await;
     assert_eq!(app.stats().await.0, 2);
-    app.clock.advance(Duration::from_secs(5));
+    app.clock.advance(Duration::from_secs(5)).await;
     assert_eq!(
         app.get_hash("2").await.text().await.unwrap(),
         helpers::ANGRY_MONKEY

@@ -7,6 +7,7 @@
 //!   binary as a child process), and the small typed helpers the tests are written in:
 //!   `call` (send, then status and JSON body), `eventually` (poll a probe; the only sleep)
 //!   and `read_until` (a streamed body up to some text);
+//! - `pg`: `fresh_database`, a new empty PostgreSQL database per test on one throwaway cluster;
 //! - `hashes`, `registry`, `jobs`: each service's HTTP contract;
 //! - `job_isolation`: what a job can reach (its account, environment and working
 //!   directory), that every process it starts ends with it, and its limits;
@@ -41,6 +42,7 @@ mod lifecycle;
 mod metrics;
 mod migrations;
 mod openapi;
+mod pg;
 mod process;
 mod registry;
 mod tls;

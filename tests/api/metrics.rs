@@ -424,7 +424,7 @@ async fn a_heartbeat_moves_its_counter_and_the_live_instances() {
         2.0
     );
     // Past the TTL the instance is no longer live, whether or not the purge has run.
-    app.clock.advance(Duration::from_secs(31));
+    app.clock.advance(Duration::from_secs(31)).await;
     let (expired, _) = read_metrics(&app).await;
     assert_eq!(expired.value("warden_registry_live_instances", &[]), 0.0);
     app.stop().await;
@@ -436,7 +436,7 @@ async fn the_purge_counts_the_instances_it_deletes() {
     for id in ["a", "b", "c"] {
         assert_eq!(heartbeat(&app, "g", id).await, StatusCode::CREATED);
     }
-    app.clock.advance(Duration::from_millis(1));
+    app.clock.advance(Duration::from_millis(1)).await;
     // The scheduler runs on real time, in whole seconds; wait for a purge.
     eventually(
         "the purge counted three deleted instances",

@@ -27,7 +27,7 @@ async fn data_dir_from_dump(dump: &'static str) -> tempfile::TempDir {
 async fn a_v0_1_0_database_upgrades_with_its_hashes_instances_jobs_and_output() {
     let dir = data_dir_from_dump(include_str!("../fixtures/v0.1.0.sql")).await;
     let app = TestApp::spawn_in(dir, Clock::manual(START_MS), &[]).await;
-    app.clock.set_ms(1_795_489_260_000); // a few seconds after the fixture was made
+    app.clock.set_ms(1_795_489_260_000).await; // a few seconds after the fixture was made
 
     assert_eq!(app.get_hash("1").await.text().await.unwrap(), ANGRY_MONKEY);
     assert_eq!(app.get_hash("3").await.status(), 200);

@@ -1,4 +1,5 @@
-//! The discovery registry's contract over real HTTP, with a manual clock.
+//! The discovery registry's contract over real HTTP, with a manual clock, on both engines (the
+//! node's SQLite file and a shared Postgres).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -6,6 +7,26 @@ use std::time::Duration;
 use crate::helpers::{self, START_MS, TestApp, eventually};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
+
+use crate::helpers::{Engine, on_both_engines};
+
+// The conformance suite: each of these runs on SQLite and on Postgres, from this one code.
+on_both_engines!(
+    first_heartbeat_creates_and_later_ones_refresh,
+    meta_is_the_wrapped_object_or_the_whole_body,
+    groups_list_live_instances_with_counts_and_times,
+    delete_unregisters_and_an_unknown_instance_is_404,
+    expiry_is_exact_at_the_ttl,
+    concurrent_heartbeats_on_twenty_ids_leave_twenty_consistent_instances,
+    instances_survive_a_restart,
+    after_an_outage_live_instances_get_one_ttl_of_grace_and_expired_ones_stay_expired,
+    the_purge_deletes_expired_rows_from_the_database,
+    bad_input_is_a_4xx_and_stores_nothing,
+    a_meta_over_8_kib_is_413_and_changes_nothing,
+    a_meta_of_exactly_8_kib_as_stored_is_accepted_whatever_the_body_weighs,
+    a_group_of_several_pages_lists_each_live_instance_once_in_id_order,
+    more_groups_than_a_page_are_each_listed_once_with_their_live_counts,
+);
 
 impl TestApp {
     /// `POST /{group}/{id}` with `body` (None: no body); returns (status, JSON).
@@ -72,9 +93,8 @@ fn meta_of_length(bytes: usize) -> String {
     format!(r#"{{"blob":"{}"}}"#, "x".repeat(filler))
 }
 
-#[tokio::test]
-async fn first_heartbeat_creates_and_later_ones_refresh() {
-    let app = TestApp::spawn().await;
+async fn first_heartbeat_creates_and_later_ones_refresh(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let (status, created) = app
         .beat("particle-detector", "e335", Some(r#"{"foo":1}"#))
         .await;
@@ -101,7 +121,7 @@ async fn first_heartbeat_creates_and_later_ones_refresh() {
         "no body keeps the meta"
     );
 
-    app.clock.advance(Duration::from_secs(10));
+    app.clock.advance(Duration::from_secs(10)).await;
     let (status, later) = app.beat("particle-detector", "e335", None).await;
     assert_eq!(status, 200);
     assert_eq!(later["createdAt"], START_MS);
@@ -113,9 +133,8 @@ async fn first_heartbeat_creates_and_later_ones_refresh() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn meta_is_the_wrapped_object_or_the_whole_body() {
-    let app = TestApp::spawn().await;
+async fn meta_is_the_wrapped_object_or_the_whole_body(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let (_, plain) = app.beat("g", "none", None).await;
     assert_eq!(plain["meta"], json!({}), "no body on create gives {{}}");
 
@@ -151,15 +170,14 @@ async fn meta_is_the_wrapped_object_or_the_whole_body() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn groups_list_live_instances_with_counts_and_times() {
-    let app = TestApp::spawn().await;
+async fn groups_list_live_instances_with_counts_and_times(engine: Engine) {
+    let app = TestApp::on(engine).await;
     app.beat("beta", "b1", None).await;
-    app.clock.advance(Duration::from_secs(1));
+    app.clock.advance(Duration::from_secs(1)).await;
     app.beat("alpha", "a1", None).await;
-    app.clock.advance(Duration::from_secs(1));
+    app.clock.advance(Duration::from_secs(1)).await;
     app.beat("alpha", "a2", None).await;
-    app.clock.advance(Duration::from_secs(1));
+    app.clock.advance(Duration::from_secs(1)).await;
     app.beat("alpha", "a1", None).await;
 
     let (status, groups) = app.get("/").await;
@@ -194,9 +212,8 @@ async fn groups_list_live_instances_with_counts_and_times() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn delete_unregisters_and_an_unknown_instance_is_404() {
-    let app = TestApp::spawn().await;
+async fn delete_unregisters_and_an_unknown_instance_is_404(engine: Engine) {
+    let app = TestApp::on(engine).await;
     app.beat("g", "one", None).await;
     app.beat("g", "two", None).await;
     let (status, body) = app.call(Method::DELETE, "/g/one").await;
@@ -218,20 +235,19 @@ async fn delete_unregisters_and_an_unknown_instance_is_404() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn expiry_is_exact_at_the_ttl() {
-    let app = TestApp::spawn().await;
+async fn expiry_is_exact_at_the_ttl(engine: Engine) {
+    let app = TestApp::on(engine).await;
     app.beat("g", "old", Some(r#"{"v":1}"#)).await;
-    app.clock.advance(Duration::from_secs(10));
+    app.clock.advance(Duration::from_secs(10)).await;
     app.beat("g", "young", None).await;
 
     // One millisecond before the TTL: still live everywhere.
-    app.clock.set_ms(START_MS + 29_999);
+    app.clock.set_ms(START_MS + 29_999).await;
     assert_eq!(app.get("/g/old").await.0, 200);
     assert_eq!(app.get("/").await.1[0]["instances"], 2);
 
     // At the TTL: gone from every read.
-    app.clock.set_ms(START_MS + 30_000);
+    app.clock.set_ms(START_MS + 30_000).await;
     assert_eq!(app.get("/g/old").await.0, 404);
     let (_, group) = app.get("/g").await;
     assert_eq!(group.as_array().unwrap().len(), 1);
@@ -256,7 +272,7 @@ async fn expiry_is_exact_at_the_ttl() {
         "the expired instance's meta is not revived"
     );
 
-    app.clock.set_ms(START_MS + 10_000 + 30_000 + 1);
+    app.clock.set_ms(START_MS + 10_000 + 30_000 + 1).await;
     assert_eq!(
         app.get("/g/young").await.0,
         200,
@@ -265,9 +281,8 @@ async fn expiry_is_exact_at_the_ttl() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_heartbeats_on_twenty_ids_leave_twenty_consistent_instances() {
-    let app = TestApp::spawn().await;
+async fn concurrent_heartbeats_on_twenty_ids_leave_twenty_consistent_instances(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let beats = (0..200).map(|n| {
         let client = app.client.clone();
         let url = format!("{}/swarm/node-{}", app.registry, n % 20);
@@ -313,9 +328,8 @@ async fn concurrent_heartbeats_on_twenty_ids_leave_twenty_consistent_instances()
     app.stop().await;
 }
 
-#[tokio::test]
-async fn instances_survive_a_restart() {
-    let app = TestApp::spawn().await;
+async fn instances_survive_a_restart(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let (_, before) = app.beat("g", "keeper", Some(r#"{"k":"v"}"#)).await;
     let (dir, clock) = app.stop().await;
     let app = TestApp::spawn_in(dir, clock, &[]).await;
@@ -325,17 +339,18 @@ async fn instances_survive_a_restart() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn after_an_outage_live_instances_get_one_ttl_of_grace_and_expired_ones_stay_expired() {
-    let app = TestApp::spawn().await;
+async fn after_an_outage_live_instances_get_one_ttl_of_grace_and_expired_ones_stay_expired(
+    engine: Engine,
+) {
+    let app = TestApp::on(engine).await;
     app.beat("g", "lapsed", None).await;
-    app.clock.advance(Duration::from_secs(40));
+    app.clock.advance(Duration::from_secs(40)).await;
     app.beat("g", "steady", None).await; // "lapsed" expired 10 s ago
     app.beat("g", "sleeper", None).await;
     let (dir, clock) = app.stop().await; // warden was last alive at START + 40 s
 
     // A 60 s outage: "steady" and "sleeper" would have expired 30 s ago by the plain rule.
-    clock.set_ms(START_MS + 100_000);
+    clock.set_ms(START_MS + 100_000).await;
     let app = TestApp::spawn_in(dir, clock, &[]).await;
     assert_eq!(app.get("/g/sleeper").await.0, 200, "grace");
     assert_eq!(
@@ -343,7 +358,7 @@ async fn after_an_outage_live_instances_get_one_ttl_of_grace_and_expired_ones_st
         404,
         "expired before the outage"
     );
-    app.clock.advance(Duration::from_secs(1));
+    app.clock.advance(Duration::from_secs(1)).await;
     let (status, steady) = app.beat("g", "steady", None).await;
     assert_eq!(
         status, 200,
@@ -352,9 +367,9 @@ async fn after_an_outage_live_instances_get_one_ttl_of_grace_and_expired_ones_st
     assert_eq!(steady["createdAt"], START_MS + 40_000);
 
     // The grace lasts one TTL from the restart.
-    app.clock.set_ms(START_MS + 100_000 + 29_999);
+    app.clock.set_ms(START_MS + 100_000 + 29_999).await;
     assert_eq!(app.get("/g/sleeper").await.0, 200);
-    app.clock.set_ms(START_MS + 100_000 + 30_000);
+    app.clock.set_ms(START_MS + 100_000 + 30_000).await;
     let (_, group) = app.get("/g").await;
     let ids: Vec<&str> = group
         .as_array()
@@ -366,27 +381,14 @@ async fn after_an_outage_live_instances_get_one_ttl_of_grace_and_expired_ones_st
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_purge_deletes_expired_rows_from_the_database() {
-    let app = TestApp::spawn_with(&["--instance-ttl", "1ms", "--purge-every", "100ms"]).await;
+async fn the_purge_deletes_expired_rows_from_the_database(engine: Engine) {
+    let app = TestApp::on_with(engine, &["--instance-ttl", "1ms", "--purge-every", "100ms"]).await;
     for id in ["a", "b", "c"] {
         app.beat("g", id, None).await;
     }
-    app.clock.advance(Duration::from_millis(1));
+    app.clock.advance(Duration::from_millis(1)).await;
     app.beat("g", "fresh", None).await;
-    let db = app.dir.path().join("warden.db");
-    let count = || async {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&db)
-            .read_only(true);
-        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM instances ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        ids
-    };
+    let count = || app.stored::<String>("SELECT id FROM instances ORDER BY id");
     // The scheduler runs on real time, in whole seconds; wait for a purge.
     eventually(
         "the purge deleted the expired rows and kept the live one",
@@ -397,9 +399,8 @@ async fn the_purge_deletes_expired_rows_from_the_database() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn bad_input_is_a_4xx_and_stores_nothing() {
-    let app = TestApp::spawn().await;
+async fn bad_input_is_a_4xx_and_stores_nothing(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let long_group = "g".repeat(65);
     let long_id = "i".repeat(129);
     let bad_names = [
@@ -447,9 +448,8 @@ async fn bad_input_is_a_4xx_and_stores_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_meta_over_8_kib_is_413_and_changes_nothing() {
-    let app = TestApp::spawn().await;
+async fn a_meta_over_8_kib_is_413_and_changes_nothing(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let over = meta_of_length(8 * 1024 + 1);
     let (status, error) = app.beat("g", "new", Some(&over)).await;
     assert_eq!(status, 413);
@@ -461,7 +461,7 @@ async fn a_meta_over_8_kib_is_413_and_changes_nothing() {
     assert_eq!(app.get("/").await.1, json!([]));
 
     let (_, before) = app.beat("g", "old", Some(r#"{"v":1}"#)).await;
-    app.clock.advance(Duration::from_secs(1));
+    app.clock.advance(Duration::from_secs(1)).await;
     let wrapped = format!(r#"{{"meta":{over},"other":"ignored"}}"#);
     let (status, error) = app.beat("g", "old", Some(&wrapped)).await;
     assert_eq!(status, 413);
@@ -474,9 +474,8 @@ async fn a_meta_over_8_kib_is_413_and_changes_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_meta_of_exactly_8_kib_as_stored_is_accepted_whatever_the_body_weighs() {
-    let app = TestApp::spawn().await;
+async fn a_meta_of_exactly_8_kib_as_stored_is_accepted_whatever_the_body_weighs(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let exact = meta_of_length(8 * 1024);
     // Spaces and an ignored key make the body larger than the meta it stores.
     let body = format!(
@@ -491,9 +490,8 @@ async fn a_meta_of_exactly_8_kib_as_stored_is_accepted_whatever_the_body_weighs(
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_group_of_several_pages_lists_each_live_instance_once_in_id_order() {
-    let app = TestApp::spawn().await;
+async fn a_group_of_several_pages_lists_each_live_instance_once_in_id_order(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let id = |n: &usize| format!("node-{n:04}");
     // Every third instance (by id) registers first, so it expires first: expired rows sit
     // all along the key range, on both sides of every page boundary.
@@ -501,7 +499,7 @@ async fn a_group_of_several_pages_lists_each_live_instance_once_in_id_order() {
     // Registered in reverse, so id order is not the order of arrival.
     app.register_all(early.iter().rev().map(|n| ("big".to_owned(), id(n))))
         .await;
-    app.clock.advance(Duration::from_secs(20));
+    app.clock.advance(Duration::from_secs(20)).await;
     app.register_all(late.iter().rev().map(|n| ("big".to_owned(), id(n))))
         .await;
 
@@ -523,7 +521,7 @@ async fn a_group_of_several_pages_lists_each_live_instance_once_in_id_order() {
     }
 
     // The early hundred expire: 200 left, two full pages of a hundred.
-    app.clock.set_ms(START_MS + 30_000);
+    app.clock.set_ms(START_MS + 30_000).await;
     assert_eq!(
         ids(&app.list("/big").await),
         late.iter().map(id).collect::<Vec<_>>()
@@ -550,15 +548,14 @@ async fn a_group_of_several_pages_lists_each_live_instance_once_in_id_order() {
     );
 
     // All of them expire: the group is gone again.
-    app.clock.set_ms(START_MS + 60_000);
+    app.clock.set_ms(START_MS + 60_000).await;
     assert_eq!(app.get("/big").await.0, 404);
     assert_eq!(app.get("/").await.1, json!([]));
     app.stop().await;
 }
 
-#[tokio::test]
-async fn more_groups_than_a_page_are_each_listed_once_with_their_live_counts() {
-    let app = TestApp::spawn().await;
+async fn more_groups_than_a_page_are_each_listed_once_with_their_live_counts(engine: Engine) {
+    let app = TestApp::on(engine).await;
     let group = |k: &usize| format!("group-{k:04}");
     // 1 500 groups, 1 125 of them live: more than one page of a thousand. Groups that are a
     // multiple of 4 only ever have an instance that will have expired, so they sit between
@@ -569,11 +566,11 @@ async fn more_groups_than_a_page_are_each_listed_once_with_their_live_counts() {
         .filter(|k| k.is_multiple_of(4) || k.is_multiple_of(5));
     app.register_all(stale.map(|k| (group(&k), "stale".to_owned())))
         .await;
-    app.clock.advance(Duration::from_secs(20));
+    app.clock.advance(Duration::from_secs(20)).await;
     let living: Vec<usize> = groups.filter(|k| !k.is_multiple_of(4)).collect();
     app.register_all(living.iter().map(|k| (group(k), "first".to_owned())))
         .await;
-    app.clock.advance(Duration::from_secs(1));
+    app.clock.advance(Duration::from_secs(1)).await;
     let two = |k: &usize| k.is_multiple_of(3);
     app.register_all(
         living
@@ -582,7 +579,7 @@ async fn more_groups_than_a_page_are_each_listed_once_with_their_live_counts() {
             .map(|k| (group(k), "second".to_owned())),
     )
     .await;
-    app.clock.set_ms(START_MS + 30_000);
+    app.clock.set_ms(START_MS + 30_000).await;
 
     let expected: Vec<Value> = living
         .iter()
@@ -619,7 +616,7 @@ async fn a_sub_second_purge_interval_keeps_purging_after_the_first_second() {
     // Each purge records the (manual) clock: three purges seen in turn span well over the
     // first second of the scheduler, where a truncated interval used to stop it.
     for round in 1..=3 {
-        app.clock.advance(Duration::from_secs(60));
+        app.clock.advance(Duration::from_secs(60)).await;
         let now = app.clock.now_ms();
         eventually(
             &format!("purge number {round} records the time"),
