@@ -8,7 +8,8 @@
 //!   `call` (send, then status and JSON body), `eventually` (poll a probe; the only sleep)
 //!   and `read_until` (a streamed body up to some text);
 //! - `pg`: `fresh_database`, a new empty PostgreSQL database per test on one throwaway cluster;
-//! - `hashes`, `registry`, `jobs`: each service's HTTP contract;
+//! - `hashes`, `registry`, `jobs`: each service's HTTP contract (the first two on both
+//!   engines, SQLite and Postgres, from one code: `helpers::on_both_engines!`);
 //! - `job_isolation`: what a job can reach (its account, environment and working
 //!   directory), that every process it starts ends with it, and its limits;
 //! - `job_queue`: the job queue across users: their turns and `--max-queued-per-user`;
@@ -20,6 +21,8 @@
 //!   that no label names what a client named;
 //! - `process`: the binary as an operator runs it: settings, signals, kill -9, the CLI;
 //! - `openapi`: the API documents, against the routes each listener serves;
+//! - `nodes`: several wardens on one Postgres: what one acknowledges the others serve, exact
+//!   ids and stats, `kill -9` mid-load, skewed clocks, purges from every node at once;
 //! - `migrations`: databases from earlier releases (dumps in `tests/fixtures/`) upgrade
 //!   with their data intact;
 //! - `deploy`: the `Containerfile` and `deploy/warden.service` run as written: their command
@@ -41,6 +44,7 @@ mod jobs;
 mod lifecycle;
 mod metrics;
 mod migrations;
+mod nodes;
 mod openapi;
 mod pg;
 mod process;
