@@ -240,6 +240,18 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
+    /// Rejects a URL that is not Postgres's, without repeating it.
+    pub fn check(&self) -> Result<(), String> {
+        match &self.url {
+            Some(DatabaseUrl(url))
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) =>
+            {
+                Err("invalid --database (WARDEN_DATABASE_URL): must be a postgres:// URL".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The shared database's settings, when one is named.
     pub fn shared(&self) -> Option<PgSettings> {
         let url = self.url.as_ref()?;
@@ -264,15 +276,12 @@ impl std::fmt::Debug for DatabaseUrl {
 }
 
 impl std::str::FromStr for DatabaseUrl {
-    type Err = String;
+    type Err = std::convert::Infallible;
 
-    fn from_str(value: &str) -> Result<Self, String> {
-        // The URL is not echoed back: it may hold a password.
-        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err("must be a postgres:// URL".to_owned())
-        }
+    /// Takes any text: [`DatabaseArgs::check`] judges it, since a parse error of clap's would
+    /// repeat the value, password and all.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
     }
 }
 
@@ -373,6 +382,7 @@ impl Config {
 
     /// Rejects settings that parse but cannot work; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
+        self.database.check()?;
         if self.instance_ttl.is_zero() {
             return Err("invalid --instance-ttl (WARDEN_INSTANCE_TTL): must be more than 0".into());
         }

@@ -199,9 +199,10 @@ impl StorageFault {
             // out of memory, too many connections, a statement timeout, a lock timeout, a
             // serialization failure or a deadlock: the database is there but busy.
             "53200" | "53300" | "57014" | "55P03" | "40001" | "40P01" => Self::Busy,
-            // the server shutting down, restarting, or not accepting connections yet
-            "57P01" | "57P02" | "57P03" => Self::Unreachable,
-            code if code.starts_with("08") => Self::Unreachable,
+            // the server shutting down, restarting, or not accepting connections yet; the
+            // database refusing connections, gone, or refusing warden's account
+            "57P01" | "57P02" | "57P03" | "55000" | "3D000" => Self::Unreachable,
+            code if code.starts_with("08") || code.starts_with("28") => Self::Unreachable,
             _ => Self::Failed,
         }
     }

@@ -305,6 +305,10 @@ async fn serve(config: Config) -> ExitCode {
 }
 
 async fn migrate(args: &MigrateArgs) -> ExitCode {
+    if let Err(message) = args.database.check() {
+        eprintln!("warden: {message}");
+        return ExitCode::from(2);
+    }
     if let Some(shared) = args.database.shared() {
         return match crate::db::migrate_only(&shared).await {
             Ok(()) => {

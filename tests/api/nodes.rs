@@ -10,7 +10,7 @@ use serde_json::Value;
 use warden::clock::Clock;
 
 use crate::helpers::{
-    Engine, START_MS, TestApp, TestClock, WardenProcess, call, eventually,
+    Engine, START_MS, TestApp, TestClock, WardenProcess, call, eventually, run_cli,
 };
 
 /// `count` wardens in-process on one fresh Postgres, each with its own data dir and every
@@ -166,7 +166,13 @@ async fn purges_from_three_nodes_at_once_delete_each_expired_row_once_and_never_
     eventually(
         "the purges deleted every expired row",
         Duration::from_secs(20),
-        async || (apps[0].stored::<i64>("SELECT count(*) FROM instances").await == [300]).then_some(()),
+        async || {
+            (apps[0]
+                .stored::<i64>("SELECT count(*) FROM instances")
+                .await
+                == [300])
+            .then_some(())
+        },
     )
     .await;
     let kept: Vec<String> = apps[0]
@@ -179,7 +185,10 @@ async fn purges_from_three_nodes_at_once_delete_each_expired_row_once_and_never_
     for app in &apps {
         purged += purged_on(&app.client, &app.admin).await;
     }
-    assert_eq!(purged, 2_700, "each expired row was deleted, and counted, once");
+    assert_eq!(
+        purged, 2_700,
+        "each expired row was deleted, and counted, once"
+    );
     stop_all(apps).await;
 }
 
@@ -258,4 +267,201 @@ async fn a_node_killed_mid_load_loses_nothing_it_acknowledged() {
 async fn survivor_stats(client: &reqwest::Client, hashes: &str) -> i64 {
     let (_, stats) = call(client.get(format!("{hashes}/stats"))).await;
     stats["total"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn migrate_applies_the_postgres_migrations_and_serve_refuses_a_newer_schema() {
+    let url = crate::pg::fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    let (code, _, stderr) = run_cli(&["migrate", "--database", &url], &[]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the shared database is up to date"),
+        "{stderr}"
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for table in [
+        "hash_stats",
+        "hashes",
+        "instances",
+        "registry_grace",
+        "warden_clock",
+    ] {
+        assert!(
+            tables.iter().any(|name| name == table),
+            "{table}: {tables:?}"
+        );
+    }
+    // Again: nothing left to apply, and no harm.
+    let (code, _, stderr) = run_cli(&["migrate", "--database", &url], &[]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // A migration this warden does not know: a newer warden has been here.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000000, 'from the future', true, '\\x00', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, _, stderr) = run_cli(
+        &[
+            "serve",
+            "--data-dir",
+            &data_dir,
+            "--database",
+            &url,
+            "--no-jobs",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("newer than this warden"), "{stderr}");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_database_url_that_is_not_postgres_is_refused_without_repeating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    let url = "mysql://warden:hunter2@db.example/warden";
+    for args in [
+        vec!["serve", "--data-dir", &data_dir, "--database", url],
+        vec!["migrate", "--database", url],
+    ] {
+        let (code, _, stderr) = run_cli(&args, &[]).await;
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--database"), "{stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "the password was repeated: {stderr}"
+        );
+    }
+    // Nor does --help show the variable's value.
+    let (code, stdout, _) = run_cli(&["serve", "--help"], &[("WARDEN_DATABASE_URL", url)]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("--database"), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}
+
+#[tokio::test]
+async fn healthz_reports_the_shared_database_and_writes_recover_once_it_is_back() {
+    let app = TestApp::on(Engine::Postgres).await;
+    let url = app.clock.shared.clone().unwrap();
+    let healthz = async || call(app.client.get(format!("{}/healthz", app.admin))).await;
+    let (status, health) = healthz().await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["database"]["engine"], "postgres", "{health}");
+    assert_eq!(health["database"]["reachable"], true, "{health}");
+    assert!(
+        health["database"]["roundTripUs"].as_u64().is_some(),
+        "{health}"
+    );
+
+    // The database refuses this node: connections cut, and no new ones.
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let admin = crate::pg::admin_url();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    let cut = |allow: bool| {
+        let name = name.clone();
+        async move {
+            vec![
+                format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS {allow}"),
+                format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                ),
+            ]
+        }
+    };
+    for sql in cut(false).await {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (status, health) = healthz().await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["database"]["reachable"], false, "{health}");
+    let beat = app
+        .client
+        .post(format!("{}/web/a-1", app.registry))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beat.status(), 503);
+    assert!(beat.headers().contains_key("retry-after"));
+    let hash = app.post_password("angryMonkey").await;
+    assert_eq!(hash.status(), 503);
+
+    // Back: the same node serves again, without a restart.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    eventually(
+        "heartbeats commit again",
+        Duration::from_secs(10),
+        async || {
+            let (status, _) = call(app.client.post(format!("{}/web/a-1", app.registry))).await;
+            (status == 201).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(app.create_hash("angryMonkey").await, 1);
+    eventually(
+        "healthz is well again",
+        Duration::from_secs(10),
+        async || (healthz().await.0 == 200).then_some(()),
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_statement_held_past_the_timeout_is_a_503_and_the_next_one_commits() {
+    let app = TestApp::on_with(Engine::Postgres, &["--database-statement-timeout", "300ms"]).await;
+    let beat = async || {
+        app.client
+            .post(format!("{}/web/a-1", app.registry))
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(beat().await.status(), 201);
+    // Another session holds the instance's row: the upsert waits for its lock.
+    let url = app.clock.shared.clone().unwrap();
+    let mut holder = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let mut held = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM instances WHERE id = 'a-1' FOR UPDATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let refused = beat().await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    held.rollback().await.unwrap();
+    assert_eq!(beat().await.status(), 200, "the row is free again");
+    app.stop().await;
 }

@@ -58,13 +58,24 @@ exit "$status""#;
 /// that every test that asks fails with the same message, and none starts a second cluster.
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 
+/// The test server, started at the first ask.
+fn server() -> &'static Server {
+    match SERVER.get_or_init(Server::find_or_start) {
+        Ok(server) => server,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// A URL of the test server on which databases may be created and altered, for tests that
+/// act on a database from outside (cut its connections, say).
+pub fn admin_url() -> String {
+    server().admin.to_string()
+}
+
 /// Returns the `postgres://` URL of a new, empty database on the test server, for this test
 /// alone.
 pub async fn fresh_database() -> String {
-    let server = match SERVER.get_or_init(Server::find_or_start) {
-        Ok(server) => server,
-        Err(why) => panic!("{why}"),
-    };
+    let server = server();
     let name = format!("warden_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(server.admin.as_str())
         .await
