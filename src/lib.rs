@@ -1,5 +1,6 @@
 //! warden: a delayed password-hash service, a heartbeat discovery registry and a remote job
-//! runner in one binary, with all of its state in one SQLite file.
+//! runner in one binary, with all of its state in one SQLite file (or, for many nodes, the
+//! hash service's and the registry's in a shared Postgres).
 //!
 //! # Layout
 //!
@@ -24,7 +25,9 @@
 //!   the names of the listeners' documents.
 //! - [`db`]: the SQLite file (WAL, `synchronous`, foreign keys, busy timeout), migrations
 //!   and the one write connection, kept clean after any failure (`db/mod.rs`); the
-//!   group-commit [`db::Writer`] every hot write goes through (`db/writer.rs`); which write
+//!   group-commit [`db::Writer`] every hot write goes through, on either engine
+//!   (`db/writer.rs`); the shared Postgres: its pool, migrations and writers
+//!   (`db/postgres.rs`); which write
 //!   paths fail, for `/healthz` (`db/health.rs`); the file's and the WAL's sizes, for
 //!   `/metrics` (`db/sizes.rs`); the data-directory lock (`db/lock.rs`).
 //! - [`error`]: the error type handlers return and its JSON shape.
@@ -32,11 +35,13 @@
 //!   answer with our error shape, and the middleware for axum's own error responses.
 //! - [`client`]: what the CLI's HTTP clients share: their error and how a refusal reads.
 //! - [`clock`]: the injectable time source.
-//! - [`hashes`]: `POST /hash`, `GET /hash/{id}`, `GET /stats`: router (`mod.rs`), SQL
-//!   (`store.rs`), input parsing (`input.rs`), the purge past `--hash-retention`
+//! - [`hashes`]: `POST /hash`, `GET /hash/{id}`, `GET /stats`: router (`mod.rs`), the store
+//!   over either engine (`store/mod.rs`) and its SQL on SQLite (`store/sqlite.rs`) and on
+//!   Postgres (`store/postgres.rs`), input parsing (`input.rs`), the purge past `--hash-retention`
 //!   (`retention.rs`), and the CLI's client (`client.rs`).
 //! - [`registry`]: heartbeat discovery: router (`mod.rs`), the checks of a heartbeat's group,
-//!   id and meta (`input.rs`), SQL (`store.rs`), the paged and
+//!   id and meta (`input.rs`), the store over either engine (`store/mod.rs`) and its SQL on
+//!   SQLite (`store/sqlite.rs`) and on Postgres (`store/postgres.rs`), the paged and
 //!   streamed listings (`listing.rs`), the purge job (`purge.rs`) and the live-instance
 //!   gauge (`gauges.rs`).
 //! - [`jobs`]: the job runner: router and the routes of one job (`mod.rs`); `GET /jobs`, a

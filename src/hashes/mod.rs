@@ -97,7 +97,9 @@ impl Service for Hashes {
     tag = "hashes",
     summary = "Hash a password",
     description = "Answers with the new hash's id at once; the hash is readable at `GET /hash/{id}` \
-        from `--hash-delay` (5 s) later. Ids are 1, 2, 3 … in commit order and never reused. The \
+        from `--hash-delay` (5 s) later. Ids are 1, 2, 3 … in commit order and never reused (on a \
+        shared Postgres: unique and increasing across nodes, in commit order per node, with a \
+        gap after a failed commit). The \
         password is hashed as the exact bytes sent and is never stored. A body with no content \
         type is read as a urlencoded form.",
     request_body(
