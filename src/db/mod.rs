@@ -36,7 +36,7 @@ use crate::error::StorageFault;
 use crate::telemetry::Telemetry;
 pub use health::{Ailment, StorageHealth};
 pub use lock::{DataDirLock, LockError, lock_data_dir};
-pub use postgres::{PgBatch, PgOpenError, PgSettings, SharedDatabase, migrate_only};
+pub use postgres::{PgOpenError, PgSettings, SharedDatabase, migrate_only};
 pub use writer::{Batch, Writer};
 
 /// How long a connection waits for another process's lock before answering "busy", unless
@@ -196,7 +196,7 @@ impl Database {
     /// Starts a writer for one kind of batch on a thread of its own; it stops once every
     /// handle is dropped and its queue is empty, and `tasks` tracks it so shutdown waits.
     /// Its batch sizes, commit times and queue depth go to `telemetry`.
-    pub fn writer<B: Batch>(
+    pub fn writer<B: Batch<Conn = SqliteConnection>>(
         &self,
         batch: B,
         tasks: &TaskTracker,

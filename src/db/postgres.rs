@@ -3,7 +3,7 @@
 //!
 //! A pool of connections, each with the statement timeout set; the migrations of
 //! `migrations/postgres/`, applied under sqlx's advisory lock so nodes starting together take
-//! turns; group-commit writers ([`PgBatch`]) that commit each batch on a pooled connection.
+//! turns; group-commit writers that commit each [`Batch`] on a pooled connection.
 //! Its write paths report to the same storage health as SQLite's, so `/healthz` shows them.
 //!
 //! The queries on Postgres are checked at run time, not at build time: the build has one
@@ -20,7 +20,7 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
 
 use super::health::StorageHealth;
-use super::writer::{self, Commit, Placement, Writer, failed};
+use super::writer::{self, Batch, Commit, Placement, Writer, failed};
 use crate::error::StorageFault;
 use crate::telemetry::Telemetry;
 
@@ -91,7 +91,7 @@ impl SharedDatabase {
 
     /// Starts a writer for one kind of batch, as a task `tasks` tracks; see
     /// [`super::Database::writer`].
-    pub fn writer<B: PgBatch>(
+    pub fn writer<B: Batch<Conn = PgConnection>>(
         &self,
         batch: B,
         tasks: &tokio_util::task::TaskTracker,
@@ -165,30 +165,13 @@ async fn migrate(pool: &PgPool) -> Result<(), PgOpenError> {
     })
 }
 
-/// One kind of write that a [`Writer`] applies in batches on Postgres; as
-/// [`super::Batch`] is on SQLite.
-pub trait PgBatch: Send + Sync + 'static {
-    /// The write path's name, as the storage health and the logs show it.
-    const PATH: &'static str;
-    type Request: Send + Sync + 'static;
-    type Reply: Send + 'static;
-
-    /// Writes all `requests` atomically on `conn` (one statement, or a transaction the batch
-    /// commits itself); one reply per request, in order.
-    fn write(
-        &self,
-        conn: &mut PgConnection,
-        requests: &[Self::Request],
-    ) -> impl Future<Output = Result<Vec<Self::Reply>, sqlx::Error>> + Send;
-}
-
-/// A [`PgBatch`] on a pooled connection.
+/// A [`Batch`] on a pooled Postgres connection.
 struct OnPostgres<B> {
     pool: PgPool,
     batch: B,
 }
 
-impl<B: PgBatch> Commit for OnPostgres<B> {
+impl<B: Batch<Conn = PgConnection>> Commit for OnPostgres<B> {
     const PATH: &'static str = B::PATH;
     type Request = B::Request;
     type Reply = B::Reply;
@@ -207,5 +190,9 @@ impl<B: PgBatch> Commit for OnPostgres<B> {
                 Err(failed::<Self>(&error, requests.len()))
             }
         }
+    }
+
+    fn wrote(replies: &[B::Reply]) -> bool {
+        B::wrote(replies)
     }
 }

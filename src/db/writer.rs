@@ -9,8 +9,8 @@
 //! [`Commit::PATH`]; its queue depth is read at each scrape.
 //!
 //! What a commit writes on is the [`Commit`]'s business: [`OnSqlite`] takes the one SQLite
-//! write connection for a [`Batch`], and `postgres.rs` takes a pooled connection for a
-//! [`super::PgBatch`]. So a service's writer has one type, [`Writer<Request, Reply>`], on
+//! write connection for a [`Batch`] on SQLite, and `postgres.rs` a pooled connection for one
+//! on Postgres. So a service's writer has one type, [`Writer<Request, Reply>`], on
 //! either engine.
 
 use std::sync::Arc;
@@ -52,24 +52,26 @@ pub trait Commit: Send + Sync + 'static {
     }
 }
 
-/// One kind of write that a [`Writer`] applies in batches on SQLite, e.g. "record these
-/// hashes".
+/// One kind of write that a [`Writer`] applies in batches, e.g. "record these hashes", on
+/// one engine's connection: SQLite's one write connection, or a pooled Postgres one.
 pub trait Batch: Send + Sync + 'static {
     /// The write path's name, as the storage health and the logs show it.
     const PATH: &'static str;
+    /// The connection it writes on: `SqliteConnection` or `PgConnection`.
+    type Conn: Send;
     /// What a caller asks to write.
     type Request: Send + Sync + 'static;
     /// What a caller learns once its write is committed (e.g. the id it was given).
     type Reply: Send + 'static;
 
-    /// Writes all `requests` atomically and durably on the write connection `conn`, and
-    /// returns one reply per request, in order. Atomic means one statement (SQLite commits
-    /// each statement whole) or a `BEGIN IMMEDIATE` transaction the batch commits itself; on
-    /// an error nothing of the batch may remain. Fewer statements mean fewer round trips to
-    /// SQLite's thread on the one serial path, so batches write many rows per statement.
+    /// Writes all `requests` atomically and durably on `conn`, and returns one reply per
+    /// request, in order. Atomic means one statement (each engine commits a statement whole)
+    /// or a transaction the batch commits itself (`BEGIN IMMEDIATE` on SQLite); on an error
+    /// nothing of the batch may remain. Fewer statements mean fewer round trips on the one
+    /// serial path, so batches write many rows per statement.
     fn write(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut Self::Conn,
         requests: &[Self::Request],
     ) -> impl Future<Output = Result<Vec<Self::Reply>, sqlx::Error>> + Send;
 
@@ -86,7 +88,7 @@ pub(super) struct OnSqlite<B> {
     pub(super) batch: B,
 }
 
-impl<B: Batch> Commit for OnSqlite<B> {
+impl<B: Batch<Conn = SqliteConnection>> Commit for OnSqlite<B> {
     const PATH: &'static str = B::PATH;
     type Request = B::Request;
     type Reply = B::Reply;

@@ -12,7 +12,7 @@ use sqlx::postgres::PgConnection;
 
 use super::{NewHash, StoredHash, Totals};
 use crate::clock::millis;
-use crate::db::PgBatch;
+use crate::db::Batch;
 
 /// How many stats slots there are: enough that nodes seldom share one, so no row is a point
 /// every node's commits queue on; `hash_stats` checks the same bound.
@@ -42,8 +42,9 @@ impl RecordHashes {
     }
 }
 
-impl PgBatch for RecordHashes {
+impl Batch for RecordHashes {
     const PATH: &'static str = "hashes";
+    type Conn = PgConnection;
     type Request = NewHash;
     type Reply = i64;
 

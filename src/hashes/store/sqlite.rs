@@ -22,6 +22,7 @@ pub struct RecordHashes {
 
 impl Batch for RecordHashes {
     const PATH: &'static str = "hashes";
+    type Conn = SqliteConnection;
     type Request = NewHash;
     /// The id given to the hash.
     type Reply = i64;

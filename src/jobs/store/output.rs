@@ -75,6 +75,7 @@ impl AppendOutput {
 
 impl Batch for AppendOutput {
     const PATH: &'static str = "job output";
+    type Conn = SqliteConnection;
     type Request = OutputChunk;
     type Reply = Stored;
 

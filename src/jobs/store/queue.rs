@@ -52,6 +52,7 @@ pub struct QueueFull {
 
 impl Batch for QueueJobs {
     const PATH: &'static str = "job queue";
+    type Conn = SqliteConnection;
     type Request = NewJobRow;
     type Reply = Result<JobRow, QueueFull>;
 

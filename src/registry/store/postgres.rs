@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 
 use super::{Heartbeat, InstanceRow, Page, PurgeCursor, Registered, answer_round, rounds};
-use crate::db::PgBatch;
+use crate::db::Batch;
 
 /// The batch that records heartbeats: one upsert statement for the whole batch.
 #[derive(Debug)]
@@ -18,8 +18,9 @@ pub struct RecordHeartbeats {
     pub ttl_ms: i64,
 }
 
-impl PgBatch for RecordHeartbeats {
+impl Batch for RecordHeartbeats {
     const PATH: &'static str = "heartbeats";
+    type Conn = PgConnection;
     type Request = Heartbeat;
     type Reply = Registered;
 

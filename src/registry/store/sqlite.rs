@@ -20,6 +20,7 @@ pub struct RecordHeartbeats {
 
 impl Batch for RecordHeartbeats {
     const PATH: &'static str = "heartbeats";
+    type Conn = SqliteConnection;
     type Request = Heartbeat;
     type Reply = Registered;
 
