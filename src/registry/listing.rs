@@ -5,11 +5,12 @@
 //! most once and in order. A listing is not one snapshot: an instance that changes while it
 //! is sent shows as it was when its page was read.
 
-use super::store::{Page, RegistryStore};
-use crate::error::{Error, Result};
 use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+
+use super::store::{Page, RegistryStore};
+use crate::error::{Error, Result};
 
 /// The most instances one page of `GET /{group}` holds: under a megabyte of JSON with every
 /// meta at [`META_LIMIT`].
@@ -133,14 +134,14 @@ impl Listing {
         let limit = self.page_size();
         let page = match &self.listed {
             Listed::Instances { group } => {
-                (self.store)
+                let store = &self.store;
+                store
                     .instances_page(group, &after, self.live_after, limit)
                     .await?
             }
             Listed::Groups => {
-                (self.store)
-                    .groups_page(&after, self.live_after, limit)
-                    .await?
+                let store = &self.store;
+                store.groups_page(&after, self.live_after, limit).await?
             }
         };
         if page.more {
