@@ -465,3 +465,35 @@ async fn a_statement_held_past_the_timeout_is_a_503_and_the_next_one_commits() {
     assert_eq!(beat().await.status(), 200, "the row is free again");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_sslmode_setting_reaches_the_connection() {
+    // The test cluster speaks no TLS: `require` must then refuse to start, and `disable` work.
+    let url = crate::pg::fresh_database().await;
+    let (code, _, stderr) = run_cli(
+        &[
+            "migrate",
+            "--database",
+            &url,
+            "--database-sslmode",
+            "require",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to the database"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("tls") || stderr.contains("SSL"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_cli(
+        &["migrate", "--database", &url],
+        &[("WARDEN_DATABASE_SSLMODE", "disable")],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
