@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::middleware;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -419,8 +420,15 @@ fn close_grace(drain_timeout: Duration) -> Duration {
 
 /// Builds and runs warden as `warden serve` does: SIGTERM and SIGINT start the drain.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    // Listening for the signals starts here, before any listener is announced: a SIGTERM sent
+    // as soon as warden says it listens must drain it, not kill it.
+    let signals = [SignalKind::terminate(), SignalKind::interrupt()].map(|kind| {
+        signal(kind)
+            .inspect_err(|error| tracing::warn!(%error, ?kind, "cannot listen for this signal"))
+            .ok()
+    });
     let app = App::build(config).await?;
-    tokio::spawn(drain_on_signal(app.shutdown_token()));
+    tokio::spawn(drain_on_signal(app.shutdown_token(), signals));
     Ok(app.run_until_stopped().await?)
 }
 
@@ -440,20 +448,16 @@ impl ServeError {
     }
 }
 
-/// Cancels `shutdown` on every SIGTERM or SIGINT; repeats are logged and otherwise harmless.
-async fn drain_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(terminate) => Some(terminate),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT will stop warden");
-            None
-        }
-    };
+/// Cancels `shutdown` on every SIGTERM or SIGINT (`signals`, in that order); repeats are
+/// logged and otherwise harmless.
+async fn drain_on_signal(shutdown: CancellationToken, signals: [Option<Signal>; 2]) {
+    let [mut terminate, mut interrupt] = signals;
     loop {
         let name = tokio::select! {
             Some(()) = async { terminate.as_mut()?.recv().await } => "SIGTERM",
-            Ok(()) = tokio::signal::ctrl_c() => "SIGINT",
+            Some(()) = async { interrupt.as_mut()?.recv().await } => "SIGINT",
+            // Neither can be listened for: `/shutdown` still drains.
+            else => break,
         };
         if shutdown.is_cancelled() {
             tracing::info!(
