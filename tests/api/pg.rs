@@ -291,12 +291,12 @@ impl Cluster {
         self.dir.path().join("postgres.log")
     }
 
-    /// postgres's log, for a message saying why it did not start.
+    /// postgres's log, for a message saying why it did not start (the dir, log and all, is
+    /// removed when starting fails).
     fn log(&self) -> String {
-        let path = self.log_path();
-        match fs::read_to_string(&path) {
-            Ok(log) => format!("its log ({}):\n{log}", path.display()),
-            Err(error) => format!("its log ({}) is unreadable: {error}", path.display()),
+        match fs::read_to_string(self.log_path()) {
+            Ok(log) => format!("its log:\n{log}"),
+            Err(error) => format!("its log is unreadable: {error}"),
         }
     }
 }
