@@ -8,9 +8,12 @@
 //! - [`cli`]: the `warden` command line: its commands and exit codes (`cli/mod.rs`), the
 //!   client commands `jobs`, `hash` and `stats` (`cli/clients.rs`), and `serve`'s logging
 //!   (`cli/logging.rs`).
-//! - [`config`]: every setting of `warden serve`, from flags and `WARDEN_*` variables.
+//! - [`config`]: every setting of `warden serve`, from flags and `WARDEN_*` variables
+//!   (`config/mod.rs`), with the shared database's, which `migrate` takes too
+//!   (`config/database.rs`).
 //! - [`supervisor`]: builds the services, binds one listener each, serves, and drains on
-//!   SIGTERM, SIGINT or `/shutdown` (`supervisor/mod.rs`); the accept loop every listener
+//!   SIGTERM, SIGINT or `/shutdown` (`supervisor/mod.rs`, the signals in
+//!   `supervisor/signals.rs`); the accept loop every listener
 //!   runs and the layers they share (`supervisor/listeners.rs`), with the request ids they
 //!   keep or make (`supervisor/request_ids.rs`); each connection's
 //!   timeouts and its share of the drain (`supervisor/connections.rs`, with the body-read

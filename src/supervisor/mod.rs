@@ -19,6 +19,7 @@ mod listeners;
 pub mod openapi;
 mod reports;
 mod request_ids;
+mod signals;
 mod socket;
 
 use std::net::SocketAddr;
@@ -28,7 +29,6 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::middleware;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -422,13 +422,9 @@ fn close_grace(drain_timeout: Duration) -> Duration {
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Listening for the signals starts here, before any listener is announced: a SIGTERM sent
     // as soon as warden says it listens must drain it, not kill it.
-    let signals = [SignalKind::terminate(), SignalKind::interrupt()].map(|kind| {
-        signal(kind)
-            .inspect_err(|error| tracing::warn!(%error, ?kind, "cannot listen for this signal"))
-            .ok()
-    });
+    let signals = signals::listen();
     let app = App::build(config).await?;
-    tokio::spawn(drain_on_signal(app.shutdown_token(), signals));
+    tokio::spawn(signals::drain_on_signal(app.shutdown_token(), signals));
     Ok(app.run_until_stopped().await?)
 }
 
@@ -445,28 +441,5 @@ impl ServeError {
     /// A setting cannot work here: the operator must change it (exit code 2), not retry.
     pub fn is_setting(&self) -> bool {
         matches!(self, Self::Start(StartError::Sandbox(_)))
-    }
-}
-
-/// Cancels `shutdown` on every SIGTERM or SIGINT (`signals`, in that order); repeats are
-/// logged and otherwise harmless.
-async fn drain_on_signal(shutdown: CancellationToken, signals: [Option<Signal>; 2]) {
-    let [mut terminate, mut interrupt] = signals;
-    loop {
-        let name = tokio::select! {
-            Some(()) = async { terminate.as_mut()?.recv().await } => "SIGTERM",
-            Some(()) = async { interrupt.as_mut()?.recv().await } => "SIGINT",
-            // Neither can be listened for: `/shutdown` still drains.
-            else => break,
-        };
-        if shutdown.is_cancelled() {
-            tracing::info!(
-                signal = name,
-                "already draining; the drain timeout still applies"
-            );
-        } else {
-            tracing::info!(signal = name, "signal received");
-            shutdown.cancel();
-        }
     }
 }
